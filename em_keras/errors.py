@@ -2,7 +2,7 @@
 
 import sys
 
-__all__ = ["InputError", "run_cli"]
+__all__ = ["InputError", "TrainingError", "run_cli"]
 
 
 class InputError(ValueError):
@@ -10,6 +10,13 @@ class InputError(ValueError):
 
     The message is one line that names the file or flag and what is wrong.
     Command-line entry points print it as ``error: <message>`` and exit 2.
+    """
+
+
+class TrainingError(RuntimeError):
+    """Training failed in a way the user can act on (e.g. the loss became NaN).
+
+    Command-line entry points print it as one line and exit 3.
     """
 
 
@@ -26,7 +33,8 @@ def run_cli(main, argv=None):
     Returns
     -------
     int
-        The process exit code: 0 on success, 2 on bad input, 130 on Ctrl-C.
+        The process exit code: 0 on success, 2 on bad input, 3 on a failed
+        training run (e.g. NaN loss), 130 on Ctrl-C.
         ``--debug`` in ``argv`` re-raises instead, to show the traceback.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -38,6 +46,11 @@ def run_cli(main, argv=None):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:
+        if debug:
+            raise
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         if debug:
             raise

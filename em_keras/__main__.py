@@ -1,0 +1,137 @@
+"""Command line: ``python -m em_keras {predict,evaluate,train} ...``.
+
+Examples
+--------
+python -m em_keras predict --model runs/unet/last.keras --images test-volume.tif --out probs.npy
+python -m em_keras evaluate --probs runs/unet/probs.npy --labels train-labels.tif --slices 20-24
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .errors import InputError, run_cli
+
+__all__ = ["main", "predict_main", "evaluate_main", "load_probs"]
+
+
+def load_probs(path):
+    """Load a P(cell) array ``(N, H, W)`` (or ``(N, H, W, 1)``) from ``.npy`` and check it."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, expected a .npy file")
+    try:
+        probs = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read .npy ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if probs.ndim == 4 and probs.shape[-1] == 1:
+        probs = probs[..., 0]
+    if probs.ndim == 2:
+        probs = probs[None]
+    if probs.ndim != 3 or probs.size == 0:
+        raise InputError(f"{path}: expected P(cell) of shape (N, H, W), got {probs.shape}")
+    if not np.issubdtype(probs.dtype, np.floating):
+        raise InputError(f"{path}: expected float probabilities, got dtype {probs.dtype}")
+    if not np.all(np.isfinite(probs)):
+        raise InputError(f"{path}: probabilities contain NaN or inf")
+    if probs.min() < 0 or probs.max() > 1:
+        raise InputError(f"{path}: probabilities outside [0, 1] (min {probs.min():g}, max {probs.max():g})")
+    return probs.astype(np.float32)
+
+
+def predict_main(argv):
+    """``python -m em_keras predict --model M --images STACK --out probs.npy``."""
+    p = argparse.ArgumentParser(prog="python -m em_keras predict",
+                                description="Predict P(cell) for every slice of a stack at full size.")
+    p.add_argument("--model", required=True, help=".keras file or exported SavedModel directory")
+    p.add_argument("--images", required=True, help="TIFF stack, image, or folder of PNG/TIFF slices")
+    p.add_argument("--out", required=True, help="output .npy, float32 (N, H, W) P(cell)")
+    p.add_argument("--slices", help="only these slices, e.g. 20-24")
+    p.add_argument("--multiple", type=int, help="pad to a multiple of this (default: from the model)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--masks", help="also write uint8 0/255 masks (cell = 255) to this .tif")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    from . import data
+    from .atomic import save_npy, save_tiff
+    from .predict import load_model, predict_stack
+
+    if not args.out.endswith(".npy"):
+        raise InputError(f"--out {args.out}: must end with .npy")
+    if args.batch_size <= 0 or (args.multiple is not None and args.multiple <= 0):
+        raise InputError("--batch-size and --multiple must be positive")
+    images = data.read_stack(args.images)
+    if args.slices:
+        images = images[data.parse_slices(args.slices, len(images))]
+    model = load_model(args.model)
+    probs = predict_stack(model, images, multiple=args.multiple, batch_size=args.batch_size)
+    save_npy(args.out, probs)
+    if args.masks:
+        save_tiff(args.masks, np.where(probs > args.threshold, 255, 0).astype(np.uint8))
+    print(f"wrote {args.out}: {probs.shape[0]} slices of {probs.shape[1]}x{probs.shape[2]} P(cell)")
+    return 0
+
+
+def evaluate_main(argv):
+    """``python -m em_keras evaluate --probs P.npy --labels L.tif`` prints the accuracy table."""
+    p = argparse.ArgumentParser(prog="python -m em_keras evaluate",
+                                description="Score P(cell) maps against labels (cell = 255/1, membrane = 0).")
+    p.add_argument("--probs", required=True, help=".npy float (N, H, W) P(cell)")
+    p.add_argument("--labels", required=True, help="label stack (TIFF/PNG folder)")
+    p.add_argument("--slices", help="label slices the probabilities belong to, e.g. 20-24")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--json", help="write the scores to this JSON file")
+    p.add_argument("--no-isbi", action="store_true", help="skip V_rand / V_info")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    from . import data, metrics
+    from .atomic import save_json
+
+    if not 0 < args.threshold < 1:
+        raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
+    probs = load_probs(args.probs)
+    labels = data.read_labels(args.labels)
+    if args.slices:
+        labels = labels[data.parse_slices(args.slices, len(labels))]
+    if labels.shape != probs.shape:
+        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == probs.shape[1:] else ""
+        raise InputError(f"{args.probs}: shape {probs.shape} does not match labels {args.labels} {labels.shape}{hint}")
+    result = metrics.accuracy_table(labels, probs, args.threshold)
+    if not args.no_isbi:
+        result.update({k: v for k, v in metrics.isbi_evaluate(labels, probs).items() if np.isscalar(v)})
+    print(metrics.format_table({os.path.basename(args.probs): result}))
+    if args.json:
+        save_json(args.json, result)
+    return 0
+
+
+def train_main(argv):
+    """``python -m em_keras train MODEL ...``: the train scripts' flags."""
+    from .training import MODELS, main as train_entry
+
+    if not argv or argv[0] not in MODELS:
+        raise InputError(f"usage: python -m em_keras train {{{','.join(sorted(MODELS))}}} [flags]")
+    return train_entry(argv[1:], model=argv[0])
+
+
+COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main}
+
+
+def main(argv=None):
+    """Dispatch to a sub-command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip().splitlines()[0])
+        print("commands: " + ", ".join(COMMANDS))
+        if argv and argv[0] not in ("-h", "--help"):
+            raise InputError(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        return 0 if argv else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

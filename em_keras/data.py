@@ -1,0 +1,463 @@
+"""Reading EM stacks, slice splits, a synthetic EM generator and ``tf.data`` input.
+
+Conventions used throughout the toolkit:
+
+* images are float32 ``(N, H, W)`` in [0, 1];
+* labels are uint8 ``(N, H, W)`` with **cell = 1** (white, 255 in the ISBI
+  files) and **membrane = 0** (black);
+* models output P(cell).
+
+References
+----------
+Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation
+algorithms for connectomics", Front. Neuroanat. 9:142 (2015).
+"""
+
+import glob
+import os
+import re
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "read_stack",
+    "read_labels",
+    "read_pair",
+    "find_data",
+    "load_data",
+    "parse_slices",
+    "default_val_slices",
+    "split_slices",
+    "synthetic_em",
+    "make_train_dataset",
+    "make_eval_dataset",
+    "check_size_divisible",
+    "DEFAULT_DATA_DIRS",
+]
+
+IMAGE_EXTS = (".tif", ".tiff", ".png")
+#: Where ``find_data`` looks when no ``--data`` is given, after ``$EM_KERAS_DATA``.
+DEFAULT_DATA_DIRS = ("data/isbi2012", "../shared/data/isbi2012")
+VOLUME_NAMES = ("train-volume.tif", "train-volume.tiff")
+LABEL_NAMES = ("train-labels.tif", "train-labels.tiff")
+
+
+def _natural_key(s):
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def _read_raw(path):
+    """Read a TIFF stack, a single image or a folder of slices as an ndarray."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        files = sorted(
+            (f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")),
+            key=_natural_key,
+        )
+        if not files:
+            raise InputError(f"{path}: folder holds no .png/.tif slices (empty stack)")
+        slices = [_read_raw(os.path.join(path, f)) for f in files]
+        shapes = {s.shape for s in slices}
+        if len(shapes) != 1:
+            raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
+        arr = np.stack([s[0] if s.ndim == 3 and s.shape[0] == 1 else s for s in slices])
+        return arr
+    lower = path.lower()
+    try:
+        if lower.endswith((".tif", ".tiff")):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        elif lower.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                arr = np.asarray(im)
+        elif lower.endswith(".npy"):
+            arr = np.load(path, allow_pickle=False)
+        else:
+            raise InputError(f"{path}: unsupported file type (expected .tif, .tiff, .png, .npy or a folder)")
+    except InputError:
+        raise
+    except Exception as exc:  # corrupt or unreadable files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read file ({msg})") from None
+    return np.asarray(arr)
+
+
+def _as_stack(arr, path):
+    if arr.size == 0:
+        raise InputError(f"{path}: empty stack")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise InputError(f"{path}: expected a grey (N, H, W) stack, got shape {arr.shape} (RGB or 4-D data is not supported)")
+    if arr.shape[-1] in (3, 4) and arr.shape[0] > 4 and arr.shape[1] > 4:
+        # (H, W, 3) single RGB image read as a 3-slice stack would be caught by size checks later;
+        # explicit channel-last colour images are rejected here.
+        raise InputError(f"{path}: looks like an RGB image of shape {arr.shape}; convert it to grey first")
+    return arr
+
+
+def read_stack(path):
+    """Read grey EM slices as float32 ``(N, H, W)`` in [0, 1].
+
+    Parameters
+    ----------
+    path : str or path-like
+        A multi-page TIFF, a single PNG/TIFF image, a ``.npy`` array or a folder of
+        ``.png``/``.tif`` slices (sorted in natural order).
+
+    Returns
+    -------
+    ndarray, float32, shape (N, H, W)
+        uint8 is divided by 255 and uint16 by 65535; floats already in [0, 1] are
+        kept, other floats are min-max scaled to [0, 1].
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, empty stack, RGB/4-D data, NaN or inf values.
+
+    Examples
+    --------
+    >>> import tempfile, os, tifffile, numpy as np
+    >>> p = os.path.join(tempfile.mkdtemp(), "v.tif")
+    >>> tifffile.imwrite(p, np.full((2, 4, 4), 255, np.uint8))
+    >>> read_stack(p).shape, float(read_stack(p).max())
+    ((2, 4, 4), 1.0)
+    """
+    arr = _as_stack(_read_raw(path), path)
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0:
+            raise InputError(f"{path}: signed integer image with negative values")
+        if arr.dtype.itemsize == 1:
+            scale = 255.0
+        elif arr.dtype.itemsize == 2:
+            scale = 65535.0
+        else:
+            scale = 255.0 if arr.max() <= 255 else float(arr.max())
+        return (arr.astype(np.float32) / scale).astype(np.float32)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{path}: image contains NaN or inf values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return arr
+        return ((arr - lo) / max(hi - lo, 1e-12)).astype(np.float32)
+    raise InputError(f"{path}: unsupported dtype {arr.dtype}")
+
+
+def read_labels(path):
+    """Read a label stack as uint8 ``(N, H, W)`` with cell = 1 and membrane = 0.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Same sources as :func:`read_stack`. Values must be two-valued: {0, 255}
+        (the ISBI convention, 255 = cell) or {0, 1}.
+
+    Raises
+    ------
+    InputError
+        If the labels hold any other value (e.g. interpolated grey levels).
+
+    Examples
+    --------
+    >>> import tempfile, os, tifffile, numpy as np
+    >>> p = os.path.join(tempfile.mkdtemp(), "l.tif")
+    >>> tifffile.imwrite(p, np.array([[[0, 255], [255, 255]]], np.uint8))
+    >>> read_labels(p).tolist()
+    [[[0, 1], [1, 1]]]
+    """
+    arr = _as_stack(_read_raw(path), path)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise InputError(f"{path}: labels contain NaN or inf values")
+    values = np.unique(arr)
+    if set(values.tolist()) <= {0, 1}:
+        return arr.astype(np.uint8)
+    if set(values.tolist()) <= {0, 255}:
+        return (arr == 255).astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    raise InputError(
+        f"{path}: labels must be two-valued (0 = membrane, 255 or 1 = cell), found {len(values)} values: {shown}"
+    )
+
+
+def read_pair(image_path, label_path):
+    """Read an image stack and its label stack and check that they match."""
+    images = read_stack(image_path)
+    labels = read_labels(label_path)
+    if images.shape != labels.shape:
+        raise InputError(
+            f"{label_path}: label stack shape {labels.shape} does not match image stack "
+            f"{image_path} shape {images.shape}"
+        )
+    return images, labels
+
+
+def find_data(data=None):
+    """Locate an image/label pair.
+
+    ``data`` may be a directory holding ``train-volume.tif`` and ``train-labels.tif``
+    (the ISBI layout) or ``images/`` and ``labels/`` folders of slices. When None,
+    ``$EM_KERAS_DATA`` and then :data:`DEFAULT_DATA_DIRS` are tried.
+
+    Returns
+    -------
+    (str, str) or None
+        Image and label paths, or None when ``data`` is None and nothing was found.
+    """
+    candidates = [data] if data else [os.environ.get("EM_KERAS_DATA")] + list(DEFAULT_DATA_DIRS)
+    for cand in candidates:
+        if not cand:
+            continue
+        if not os.path.isdir(cand):
+            if data:
+                raise InputError(f"{cand}: data directory not found")
+            continue
+        for vol in VOLUME_NAMES:
+            for lab in LABEL_NAMES:
+                if os.path.isfile(os.path.join(cand, vol)) and os.path.isfile(os.path.join(cand, lab)):
+                    return os.path.join(cand, vol), os.path.join(cand, lab)
+        if os.path.isdir(os.path.join(cand, "images")) and os.path.isdir(os.path.join(cand, "labels")):
+            return os.path.join(cand, "images"), os.path.join(cand, "labels")
+        if data:
+            raise InputError(
+                f"{cand}: expected train-volume.tif + train-labels.tif or images/ + labels/ folders"
+            )
+    return None
+
+
+def load_data(data=None, synthetic_fallback=True, log=print):
+    """Load ``(images, labels, source)``; fall back to synthetic data when none is found."""
+    found = find_data(data)
+    if found is None:
+        if not synthetic_fallback:
+            raise InputError("no data found: pass --data DIR or set EM_KERAS_DATA")
+        log(
+            "note: no ISBI data found (tried $EM_KERAS_DATA, "
+            + ", ".join(DEFAULT_DATA_DIRS)
+            + "); using a synthetic EM-like stack instead"
+        )
+        images, labels = synthetic_em(n=12, size=256, seed=0)
+        return images, labels, "synthetic"
+    images, labels = read_pair(*found)
+    return images, labels, found[0]
+
+
+def parse_slices(spec, n):
+    """Parse a slice selection such as ``"20-24"``, ``"0,3,5-7"`` or ``"-5:"``.
+
+    Parameters
+    ----------
+    spec : str or sequence of int
+        Comma-separated indices and inclusive ranges ``a-b``; a Python-style
+        ``start:stop`` slice (negative numbers count from the end) is also accepted.
+    n : int
+        Number of slices in the stack.
+
+    Returns
+    -------
+    list of int
+        Sorted unique indices.
+
+    Examples
+    --------
+    >>> parse_slices("20-24", 25)
+    [20, 21, 22, 23, 24]
+    >>> parse_slices("-5:", 30)
+    [25, 26, 27, 28, 29]
+    """
+    if not isinstance(spec, str):
+        idx = [int(i) for i in spec]
+    else:
+        idx = []
+        for part in spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if ":" in part:
+                    a, b = part.split(":", 1)
+                    idx.extend(range(n)[slice(int(a) if a else None, int(b) if b else None)])
+                elif re.fullmatch(r"\d+-\d+", part):
+                    a, b = (int(x) for x in part.split("-"))
+                    if b < a:
+                        raise ValueError
+                    idx.extend(range(a, b + 1))
+                else:
+                    idx.append(int(part))
+            except ValueError:
+                raise InputError(f"--val-slices: cannot parse {part!r} (use e.g. 20-24 or 0,3,5-7)") from None
+    bad = [i for i in idx if i < 0 or i >= n]
+    if bad:
+        raise InputError(f"--val-slices: slice {bad[0]} is out of range for a stack of {n} slices (0-{n - 1})")
+    if not idx:
+        raise InputError(f"--val-slices: {spec!r} selects no slice")
+    return sorted(set(idx))
+
+
+def default_val_slices(n):
+    """Default held-out slices: the last 5 (the report's split on the 30-slice volume).
+
+    Stacks of fewer than 10 slices hold out the last fifth (at least one slice).
+    On the shared 25-slice file this gives slices 20-24.
+    """
+    k = 5 if n >= 10 else max(1, n // 5)
+    if n < 2:
+        raise InputError(f"need at least 2 slices to hold some out, got {n}")
+    return list(range(n - k, n))
+
+
+def split_slices(images, labels, val_slices):
+    """Split stacks into training and held-out parts by slice index."""
+    val = sorted(set(val_slices))
+    train = [i for i in range(len(images)) if i not in val]
+    if not train:
+        raise InputError("--val-slices leaves no slice for training")
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def check_size_divisible(shape, multiple, what="image"):
+    """Raise :class:`InputError` unless both spatial sizes divide by ``multiple``."""
+    h, w = shape[-2], shape[-1]
+    if h % multiple or w % multiple:
+        raise InputError(
+            f"{what} size {h}x{w} is not divisible by {multiple} (2^depth); use --crop or --size"
+        )
+
+
+def synthetic_em(n=4, size=64, cells=None, membrane_width=2, seed=0):
+    """Generate an EM-like stack: Voronoi cells with dark membranes, texture, blur and noise.
+
+    Parameters
+    ----------
+    n : int
+        Number of slices.
+    size : int or (int, int)
+        Slice height and width.
+    cells : int, optional
+        Cells per slice (default: about one per 24x24 pixels).
+    membrane_width : int
+        Membrane thickness in pixels.
+    seed : int
+        Random seed; the output is a pure function of the arguments.
+
+    Returns
+    -------
+    images : float32 ndarray, (n, H, W), values in [0, 1]
+    labels : uint8 ndarray, (n, H, W), cell = 1, membrane = 0
+
+    Examples
+    --------
+    >>> x, y = synthetic_em(n=2, size=32, seed=1)
+    >>> x.shape, y.dtype.name, sorted(set(y.ravel().tolist()))
+    ((2, 32, 32), 'uint8', [0, 1])
+    """
+    from scipy import ndimage
+
+    h, w = (size, size) if np.isscalar(size) else size
+    rng = np.random.default_rng(seed)
+    if cells is None:
+        cells = max(4, (h * w) // (24 * 24))
+    yy, xx = np.mgrid[0:h, 0:w]
+    images = np.empty((n, h, w), np.float32)
+    labels = np.empty((n, h, w), np.uint8)
+    for k in range(n):
+        pts = rng.uniform(0, 1, (cells, 2)) * [h, w]
+        d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
+        region = np.argmin(d, axis=-1)
+        edge = np.zeros((h, w), bool)
+        edge[:-1] |= region[:-1] != region[1:]
+        edge[1:] |= region[:-1] != region[1:]
+        edge[:, :-1] |= region[:, :-1] != region[:, 1:]
+        edge[:, 1:] |= region[:, :-1] != region[:, 1:]
+        if membrane_width > 2:
+            edge = ndimage.binary_dilation(edge, iterations=(membrane_width - 1) // 2)
+        label = (~edge).astype(np.uint8)
+        brightness = rng.uniform(0.55, 0.85, cells)[region]
+        texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 2.0) * 0.25
+        img = brightness + texture
+        img = np.where(edge, 0.15, img)
+        img = ndimage.gaussian_filter(img, 0.8) + rng.normal(0, 0.04, (h, w))
+        images[k] = np.clip(img, 0, 1)
+        labels[k] = label
+    return images, labels
+
+
+def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augmenter=None,
+                       shuffle=True, repeat=True, seed=None):
+    """Build the training ``tf.data`` pipeline: cache, shuffle, crop or resize, batch, augment.
+
+    Parameters
+    ----------
+    images : float32 ndarray (N, H, W)
+    labels : uint8 ndarray (N, H, W), cell = 1
+    batch_size : int
+    crop : int, optional
+        Random ``crop x crop`` patches (the same window for image and mask).
+    size : int, optional
+        Resize whole slices to ``size x size`` (image bilinear, mask nearest, so
+        masks stay binary). Ignored when ``crop`` is given.
+    augmenter : callable, optional
+        ``(image_batch, mask_batch) -> (image_batch, mask_batch)`` of TF ops, e.g.
+        :class:`em_keras.augment.Augmenter`; applied per batch (vectorised).
+    shuffle, repeat : bool
+    seed : int, optional
+
+    Returns
+    -------
+    tf.data.Dataset
+        Yields ``(x, y)`` float32 batches of shape ``(B, h, w, 1)``.
+    """
+    import tensorflow as tf
+
+    if crop is not None and (crop > images.shape[1] or crop > images.shape[2]):
+        raise InputError(f"--crop {crop} is larger than the slices ({images.shape[1]}x{images.shape[2]})")
+    x = images[..., None].astype(np.float32)
+    y = labels[..., None].astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    if crop is not None:
+        def _crop(img, msk):
+            both = tf.concat([img, msk], axis=-1)
+            both = tf.image.random_crop(both, [crop, crop, 2], seed=seed)
+            return both[..., :1], both[..., 1:]
+        ds = ds.map(_crop, num_parallel_calls=tf.data.AUTOTUNE)
+    elif size is not None:
+        def _resize(img, msk):
+            img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
+            msk = tf.image.resize(msk, [size, size], method="nearest")
+            return img, msk
+        ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE)
+
+    ds = ds.batch(batch_size, drop_remainder=repeat)
+    if augmenter is not None:
+        ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(images, labels, batch_size=1, size=None):
+    """Deterministic ``tf.data`` over whole slices (optionally resized), for validation."""
+    import tensorflow as tf
+
+    x = images[..., None].astype(np.float32)
+    y = labels[..., None].astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if size is not None:
+        ds = ds.map(lambda a, b: (tf.image.resize(a, [size, size], antialias=True),
+                                  tf.image.resize(b, [size, size], method="nearest")))
+    return ds.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)
