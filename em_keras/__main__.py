@@ -1,4 +1,4 @@
-"""Command line: ``python -m em_keras {predict,evaluate,train} ...``.
+"""Command line: ``python -m em_keras {predict,evaluate,train,synth} ...``.
 
 Examples
 --------
@@ -118,7 +118,29 @@ def train_main(argv):
     return train_entry(argv[1:], model=argv[0])
 
 
-COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main}
+def synth_main(argv):
+    """``python -m em_keras synth --out DIR``: write a synthetic EM stack in the ISBI layout."""
+    p = argparse.ArgumentParser(prog="python -m em_keras synth",
+                                description="Write synthetic EM-like train-volume.tif / train-labels.tif.")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--slices", type=int, default=12)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    from .atomic import save_tiff
+    from .data import synthetic_em
+
+    if args.slices < 2 or args.size < 16:
+        raise InputError("--slices must be >= 2 and --size >= 16")
+    images, labels = synthetic_em(n=args.slices, size=args.size, seed=args.seed)
+    save_tiff(os.path.join(args.out, "train-volume.tif"), np.round(images * 255).astype(np.uint8))
+    save_tiff(os.path.join(args.out, "train-labels.tif"), labels * np.uint8(255))
+    print(f"wrote {args.out}/train-volume.tif and train-labels.tif ({args.slices} synthetic slices)")
+    return 0
+
+
+COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main, "synth": synth_main}
 
 
 def main(argv=None):

@@ -484,7 +484,9 @@ def train(cfg, log=print):
     run_info.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     train_seconds=round(train_seconds, 1))
     save_json(os.path.join(cfg.out, "run.json"), run_info)
-    log(metrics_mod.format_table({f"{cfg.model} (held-out {val[0]}-{val[-1]})": table}))
+    shown = {k: v for k, v in result.items() if k not in ("tp", "tn", "fp", "fn", "held_out_slices")
+             and isinstance(v, (int, float))}
+    log(metrics_mod.format_table({f"{cfg.model} (held-out {val[0]}-{val[-1]})": shown}))
     log(f"wrote {cfg.out}: last.keras, best.keras, probs.npy, metrics.json, figures/, saved_model/ "
         f"({train_seconds / 60:.1f} min training)")
     return result
