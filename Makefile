@@ -1,11 +1,14 @@
 # em_keras: the README's two commands are `make demo` and `make test`.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-OUT    ?= runs/unet_cpu
-DATA   ?= $(or $(EM_KERAS_DATA),../shared/data/isbi2012)
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+OUT      ?= runs/unet_cpu
+DATA_DIR ?= $(or $(EM_KERAS_DATA),../shared/data/isbi2012)
+# Real ISBI data when present, else a synthetic stack written by `python -m em_keras synth`.
+DATA     := $(if $(wildcard $(DATA_DIR)/train-volume.tif),$(DATA_DIR),runs/synthetic)
+HELD_OUT := -5:
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +17,18 @@ $(PY):
 install: $(PY)
 	$(PY) -m pip install -q -e ".[cpu,crf,test]"
 
-# Train the CPU preset, predict the held-out slices, evaluate and export (all in --out),
-# then run the standalone predict/evaluate commands on the exported model.
-demo: install
-	$(PY) train_unet.py --preset cpu --data $(DATA) --out $(OUT) --overwrite
-	$(PY) -m em_keras predict --model $(OUT)/saved_model --images $(DATA)/train-volume.tif --slices 20-24 --out $(OUT)/probs_savedmodel.npy
-	$(PY) -m em_keras evaluate --probs $(OUT)/probs_savedmodel.npy --labels $(DATA)/train-labels.tif --slices 20-24 --json $(OUT)/evaluate.json
+runs/synthetic/train-volume.tif: | $(PY)
+	@echo "no ISBI data in $(DATA_DIR): using a synthetic EM-like stack"
+	$(PY) -m em_keras synth --out runs/synthetic
+
+# Train the CPU preset (held-out = last 5 slices), then predict those slices with the exported
+# SavedModel and evaluate them with the standalone commands.
+demo: install $(DATA)/train-volume.tif
+	$(PY) train_unet.py --preset cpu --data $(DATA) --val-slices=$(HELD_OUT) --out $(OUT) --overwrite
+	$(PY) -m em_keras predict --model $(OUT)/saved_model --images $(DATA)/train-volume.tif \
+		--slices=$(HELD_OUT) --out $(OUT)/probs_savedmodel.npy
+	$(PY) -m em_keras evaluate --probs $(OUT)/probs_savedmodel.npy --labels $(DATA)/train-labels.tif \
+		--slices=$(HELD_OUT) --json $(OUT)/evaluate.json
 
 test: install
 	$(PY) -m pytest tests -q

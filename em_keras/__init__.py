@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "atomic", "augment", "blocks", "crf", "data", "errors", "losses", "metrics",
-    "predict", "training", "unet",
+    "atomic", "augment", "blocks", "crf", "data", "errors", "fcn", "losses", "metrics",
+    "predict", "training", "unet", "unetpp",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]

@@ -6,13 +6,12 @@ python -m em_keras predict --model runs/unet/last.keras --images test-volume.tif
 python -m em_keras evaluate --probs runs/unet/probs.npy --labels train-labels.tif --slices 20-24
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
-from .errors import InputError, run_cli
+from .errors import ArgumentParser, InputError, run_cli
 
 __all__ = ["main", "predict_main", "evaluate_main", "load_probs"]
 
@@ -44,31 +43,56 @@ def load_probs(path):
 
 def predict_main(argv):
     """``python -m em_keras predict --model M --images STACK --out probs.npy``."""
-    p = argparse.ArgumentParser(prog="python -m em_keras predict",
+    p = ArgumentParser(prog="python -m em_keras predict",
                                 description="Predict P(cell) for every slice of a stack at full size.")
     p.add_argument("--model", required=True, help=".keras file or exported SavedModel directory")
     p.add_argument("--images", required=True, help="TIFF stack, image, or folder of PNG/TIFF slices")
     p.add_argument("--out", required=True, help="output .npy, float32 (N, H, W) P(cell)")
     p.add_argument("--slices", help="only these slices, e.g. 20-24")
     p.add_argument("--multiple", type=int, help="pad to a multiple of this (default: from the model)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1, help="slices (or tiles, with --tile) per model call")
+    p.add_argument("--tile", type=int, help="predict overlapping TILE x TILE tiles and blend them (overlap-tile); "
+                   "a multiple of the model stride (default: whole slices)")
+    p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles, 0 <= OVERLAP < TILE/2 "
+                   "(default 32, or TILE/4 if that is smaller; needs --tile)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     p.add_argument("--masks", help="also write uint8 0/255 masks (cell = 255) to this .tif")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     from . import data
-    from .atomic import save_npy, save_tiff
-    from .predict import load_model, predict_stack
+    from .atomic import check_writable, save_npy, save_tiff
+    from .predict import load_model, model_multiple, predict_stack
 
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
+    if args.masks is not None and not args.masks.lower().endswith((".tif", ".tiff")):
+        raise InputError(f"--masks {args.masks}: must end with .tif or .tiff")
+    if not 0 < args.threshold < 1:
+        raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
+    check_writable(args.out, "--out")
+    if args.masks is not None:
+        check_writable(args.masks, "--masks")
     if args.batch_size <= 0 or (args.multiple is not None and args.multiple <= 0):
         raise InputError("--batch-size and --multiple must be positive")
+    if args.tile is None and args.overlap is not None:
+        raise InputError("--overlap needs --tile")
+    if args.tile is not None:
+        if args.tile <= 0:
+            raise InputError(f"--tile {args.tile}: must be positive")
+        if args.overlap is None:
+            args.overlap = min(32, args.tile // 4)
+        if not 0 <= 2 * args.overlap < args.tile:
+            raise InputError(f"--overlap {args.overlap}: must be >= 0 and < --tile/2 ({args.tile / 2:g})")
     images = data.read_stack(args.images)
     if args.slices:
-        images = images[data.parse_slices(args.slices, len(images))]
+        images = images[data.parse_slices(args.slices, len(images), "--slices")]
     model = load_model(args.model)
-    probs = predict_stack(model, images, multiple=args.multiple, batch_size=args.batch_size)
+    stride = args.multiple or model_multiple(model)
+    if args.tile is not None and args.tile % stride:
+        raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
+    probs = predict_stack(model, images, multiple=stride, batch_size=args.batch_size,
+                          tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta)
     save_npy(args.out, probs)
     if args.masks:
         save_tiff(args.masks, np.where(probs > args.threshold, 255, 0).astype(np.uint8))
@@ -78,7 +102,7 @@ def predict_main(argv):
 
 def evaluate_main(argv):
     """``python -m em_keras evaluate --probs P.npy --labels L.tif`` prints the accuracy table."""
-    p = argparse.ArgumentParser(prog="python -m em_keras evaluate",
+    p = ArgumentParser(prog="python -m em_keras evaluate",
                                 description="Score P(cell) maps against labels (cell = 255/1, membrane = 0).")
     p.add_argument("--probs", required=True, help=".npy float (N, H, W) P(cell)")
     p.add_argument("--labels", required=True, help="label stack (TIFF/PNG folder)")
@@ -89,14 +113,16 @@ def evaluate_main(argv):
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     from . import data, metrics
-    from .atomic import save_json
+    from .atomic import check_writable, save_json
 
     if not 0 < args.threshold < 1:
         raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if args.json is not None:
+        check_writable(args.json, "--json")
     probs = load_probs(args.probs)
     labels = data.read_labels(args.labels)
     if args.slices:
-        labels = labels[data.parse_slices(args.slices, len(labels))]
+        labels = labels[data.parse_slices(args.slices, len(labels), "--slices")]
     if labels.shape != probs.shape:
         hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == probs.shape[1:] else ""
         raise InputError(f"{args.probs}: shape {probs.shape} does not match labels {args.labels} {labels.shape}{hint}")
@@ -120,7 +146,7 @@ def train_main(argv):
 
 def synth_main(argv):
     """``python -m em_keras synth --out DIR``: write a synthetic EM stack in the ISBI layout."""
-    p = argparse.ArgumentParser(prog="python -m em_keras synth",
+    p = ArgumentParser(prog="python -m em_keras synth",
                                 description="Write synthetic EM-like train-volume.tif / train-labels.tif.")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--slices", type=int, default=12)
@@ -128,11 +154,12 @@ def synth_main(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    from .atomic import save_tiff
+    from .atomic import check_writable, save_tiff
     from .data import synthetic_em
 
     if args.slices < 2 or args.size < 16:
         raise InputError("--slices must be >= 2 and --size >= 16")
+    check_writable(args.out, "--out", directory=True)
     images, labels = synthetic_em(n=args.slices, size=args.size, seed=args.seed)
     save_tiff(os.path.join(args.out, "train-volume.tif"), np.round(images * 255).astype(np.uint8))
     save_tiff(os.path.join(args.out, "train-labels.tif"), labels * np.uint8(255))

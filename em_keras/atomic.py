@@ -8,7 +8,43 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_path", "save_npy", "save_json", "save_tiff", "save_png", "atomic_dir"]
+from .errors import InputError
+
+__all__ = ["atomic_path", "save_npy", "save_json", "save_tiff", "save_png", "atomic_dir", "check_writable"]
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path, flag="--out", directory=False):
+    """Raise a one-line :class:`InputError` unless ``path`` can be created or replaced.
+
+    Nothing is created: the nearest existing ancestor of ``path`` must be a
+    writable directory (a regular file there, e.g. ``--out results.txt/run``,
+    is refused too, which also catches it when running as root). ``path`` itself
+    must not be a directory when a file is to be written (``directory=False``),
+    nor a file when a directory is (``directory=True``).
+    """
+    shown = os.fspath(path)
+    path = os.path.abspath(shown)
+    if os.path.isdir(path):
+        if not directory:
+            raise InputError(f"{flag} {shown}: is a directory, expected a file name")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{flag} {shown}: directory is not writable")
+        return
+    if directory and os.path.exists(path):
+        raise InputError(f"{flag} {shown}: exists and is not a directory")
+    probe = os.path.dirname(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise InputError(f"{flag} {shown}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {shown}: directory {probe} is not writable")
 
 
 @contextlib.contextmanager
@@ -36,6 +72,7 @@ def atomic_path(path, suffix=None):
         suffix = ".tmp" + (base[base.index("."):] if "." in base else "")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the outputs from other users
     try:
         yield tmp
         os.replace(tmp, path)
@@ -52,6 +89,7 @@ def atomic_dir(path):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if os.path.isdir(path):

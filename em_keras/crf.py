@@ -80,7 +80,6 @@ Examples
 ((32, 32), 'float32')
 """
 
-import argparse
 import itertools
 import math
 import os
@@ -89,7 +88,7 @@ import time
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArgumentParser, InputError
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -604,7 +603,7 @@ def params_to_flags(params):
 
 def _build_parser():
     d = DEFAULT_PARAMS
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="crf_refine.py",
         description="Refine membrane probability maps with a dense CRF (Kraehenbuehl & Koltun 2011). "
                     "Probabilities are P(cell); labels cell = 1 (255), membrane = 0.",
@@ -665,6 +664,9 @@ def _check_out_path(path, exts, flag):
         raise InputError(f"{flag} {path}: expected a {' or '.join(exts)} file")
     if os.path.isdir(path):
         raise InputError(f"{flag} {path}: is a directory")
+    from .atomic import check_writable
+
+    check_writable(path, flag)
 
 
 def _load_params_file(path):
@@ -769,24 +771,26 @@ def main(argv=None):
 
     probs = _read_probs(args.probs)
     images = read_stack(args.images)
-    if images.shape != probs.shape:
-        what = "slice count" if images.shape[1:] == probs.shape[1:] else "size"
-        raise InputError(
-            f"{args.images}: {what} mismatch: images {images.shape} vs probs {args.probs} {probs.shape} "
-            "(they must match slice for slice)")
-    labels = None
-    if args.labels:
-        labels = read_labels(args.labels)
-        if labels.shape != probs.shape:
-            raise InputError(f"{args.labels}: labels {labels.shape} do not match probs {args.probs} {probs.shape}")
+    labels = read_labels(args.labels) if args.labels else None
     idx = None
     if args.slices:
         try:
-            idx = parse_slices(args.slices, len(probs))
+            idx = parse_slices(args.slices, len(images))
         except InputError as exc:
             raise InputError(str(exc).replace("--val-slices", "--slices")) from None
-    probs, images = _select(probs, idx), _select(images, idx)
-    labels = None if labels is None else _select(labels, idx)
+        images = _select(images, idx)
+        labels = None if labels is None else _select(labels, idx)
+        # probs.npy from training holds only the held-out slices: then --slices names them.
+        if len(probs) != len(idx):
+            probs = _select(probs, idx) if len(probs) >= max(idx) + 1 else probs
+    if images.shape != probs.shape:
+        what = "slice count" if images.shape[1:] == probs.shape[1:] else "size"
+        hint = " (pass --slices for the slices the probabilities belong to)" if what == "slice count" else ""
+        raise InputError(
+            f"{args.images}: {what} mismatch: images {images.shape} vs probs {args.probs} {probs.shape}"
+            f"{hint}")
+    if labels is not None and labels.shape != probs.shape:
+        raise InputError(f"{args.labels}: labels {labels.shape} do not match probs {args.probs} {probs.shape}")
     progress = not args.no_progress
     log = sys.stdout
 

@@ -91,7 +91,7 @@ def _read_raw(path):
 
 def _as_stack(arr, path):
     if arr.size == 0:
-        raise InputError(f"{path}: empty stack")
+        raise InputError(f"{path}: empty stack (no image data; is the file truncated or corrupt?)")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim == 4 and arr.shape[-1] == 1:
@@ -180,6 +180,8 @@ def read_labels(path):
     [[[0, 1], [1, 1]]]
     """
     arr = _as_stack(_read_raw(path), path)
+    if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{path}: unsupported label dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         raise InputError(f"{path}: labels contain NaN or inf values")
     values = np.unique(arr)
@@ -223,7 +225,8 @@ def find_data(data=None):
             continue
         if not os.path.isdir(cand):
             if data:
-                raise InputError(f"{cand}: data directory not found")
+                raise InputError(f"{cand}: " + ("is a file, expected a data directory" if os.path.exists(cand)
+                                                else "data directory not found"))
             continue
         for vol in VOLUME_NAMES:
             for lab in LABEL_NAMES:
@@ -255,7 +258,7 @@ def load_data(data=None, synthetic_fallback=True, log=print):
     return images, labels, found[0]
 
 
-def parse_slices(spec, n):
+def parse_slices(spec, n, flag="--val-slices"):
     """Parse a slice selection such as ``"20-24"``, ``"0,3,5-7"`` or ``"-5:"``.
 
     Parameters
@@ -265,6 +268,8 @@ def parse_slices(spec, n):
         ``start:stop`` slice (negative numbers count from the end) is also accepted.
     n : int
         Number of slices in the stack.
+    flag : str
+        The command-line flag named in error messages.
 
     Returns
     -------
@@ -297,12 +302,12 @@ def parse_slices(spec, n):
                 else:
                     idx.append(int(part))
             except ValueError:
-                raise InputError(f"--val-slices: cannot parse {part!r} (use e.g. 20-24 or 0,3,5-7)") from None
+                raise InputError(f"{flag}: cannot parse {part!r} (use e.g. 20-24 or 0,3,5-7)") from None
     bad = [i for i in idx if i < 0 or i >= n]
     if bad:
-        raise InputError(f"--val-slices: slice {bad[0]} is out of range for a stack of {n} slices (0-{n - 1})")
+        raise InputError(f"{flag}: slice {bad[0]} is out of range for a stack of {n} slices (0-{n - 1})")
     if not idx:
-        raise InputError(f"--val-slices: {spec!r} selects no slice")
+        raise InputError(f"{flag}: {spec!r} selects no slice")
     return sorted(set(idx))
 
 

@@ -1,8 +1,9 @@
 """Errors that reach the user as one clear line, and the CLI wrapper that prints them."""
 
+import argparse
 import sys
 
-__all__ = ["InputError", "TrainingError", "run_cli"]
+__all__ = ["InputError", "TrainingError", "ArgumentParser", "run_cli"]
 
 
 class InputError(ValueError):
@@ -20,6 +21,18 @@ class TrainingError(RuntimeError):
     """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are a one-line :class:`InputError`.
+
+    A bad flag (``--epochs abc``, a missing required flag, an unknown option)
+    then prints ``error: <message> (see <prog> --help)`` and exits 2, like every
+    other bad input, instead of argparse's multi-line usage block.
+    """
+
+    def error(self, message):
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
 def run_cli(main, argv=None):
     """Run ``main(argv)`` and turn :class:`InputError` into a one-line error.
 
@@ -34,9 +47,14 @@ def run_cli(main, argv=None):
     -------
     int
         The process exit code: 0 on success, 2 on bad input, 3 on a failed
-        training run (e.g. NaN loss), 130 on Ctrl-C.
+        training run (e.g. NaN loss), 1 on an operating-system error while
+        reading or writing (e.g. disk full), 130 on Ctrl-C.
         ``--debug`` in ``argv`` re-raises instead, to show the traceback.
     """
+    import os
+
+    # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
@@ -51,6 +69,11 @@ def run_cli(main, argv=None):
             raise
         print(f"training failed: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # disk full, permissions, I/O errors: one line, not a traceback
+        if debug:
+            raise
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if debug:
             raise

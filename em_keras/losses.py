@@ -1,4 +1,4 @@
-"""Segmentation losses for P(cell) maps: focal, Dice and BCE + Dice.
+"""Segmentation losses for P(cell) maps: focal, Dice, BCE + Dice and summed BCE.
 
 The model outputs ``P(cell)`` in ``[0, 1]`` with shape ``(B, H, W, 1)``
 (sigmoid). Labels are cell = 1 (positive), membrane = 0 (negative).
@@ -25,13 +25,15 @@ __all__ = [
     "binary_focal_loss",
     "dice_loss",
     "bce_dice_loss",
+    "bce_sum_loss",
     "BinaryFocalLoss",
     "DiceLoss",
     "BCEDiceLoss",
+    "BCESumLoss",
     "get_loss",
 ]
 
-LOSSES = ("bce", "focal", "dice", "bce_dice")
+LOSSES = ("bce", "focal", "dice", "bce_dice", "bce_sum")
 
 _register = keras.saving.register_keras_serializable(package="em_keras")
 
@@ -197,6 +199,39 @@ def bce_dice_loss(y_true, y_pred, bce_weight=1.0, dice_weight=1.0, smooth=1.0):
     axes = _example_axes(y_pred)
     bce = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=axes)
     return bce_weight * bce + dice_weight * dice_loss(y_true, y_pred, smooth=smooth)
+
+
+@_register
+def bce_sum_loss(y_true, y_pred):
+    """Binary cross-entropy summed over the pixels of each example (not averaged).
+
+    The FCN paper trains with an unnormalised loss (Caffe ``SoftmaxWithLoss`` with
+    ``normalize: false``: summed over pixels, divided by the batch size), which is
+    why its learning rates are tiny (1e-10 with momentum 0.99). With the default
+    ``sum_over_batch_size`` reduction, :class:`BCESumLoss` is that loss for one
+    sigmoid output: ``H * W`` times the mean BCE.
+
+    Parameters
+    ----------
+    y_true : array_like, shape (B, H, W, 1)
+        Labels, cell = 1, membrane = 0.
+    y_pred : array_like, shape (B, H, W, 1)
+        ``P(cell)``.
+
+    Returns
+    -------
+    Tensor, shape (B,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.ones((1, 2, 2, 1)); p = np.full((1, 2, 2, 1), 0.5)
+    >>> round(float(bce_sum_loss(y, p)[0]), 4)  # 4 * ln 2
+    2.7726
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    return ops.sum(ops.binary_crossentropy(y_true, y_pred), axis=_example_axes(y_pred))
 
 
 def _match_rank(y_true, y_pred):
@@ -369,6 +404,24 @@ class BCEDiceLoss(_FunctionLoss):
         )
 
 
+@_register
+class BCESumLoss(_FunctionLoss):
+    """Binary cross-entropy summed over pixels, averaged over the batch; see :func:`bce_sum_loss`.
+
+    Parameters
+    ----------
+    reduction : str or None
+        Keras reduction over the ``(B,)`` per-example sums.
+    name : str
+        Loss name.
+    dtype : str, optional
+        Computation dtype.
+    """
+
+    def __init__(self, reduction="sum_over_batch_size", name="bce_sum_loss", dtype=None):
+        super().__init__(bce_sum_loss, reduction=reduction, name=name, dtype=dtype)
+
+
 def get_loss(name, **kwargs):
     """Build a loss by name.
 
@@ -377,7 +430,8 @@ def get_loss(name, **kwargs):
     name : str
         One of :data:`LOSSES`: ``"bce"`` (``keras.losses.BinaryCrossentropy``),
         ``"focal"`` (:class:`BinaryFocalLoss`), ``"dice"`` (:class:`DiceLoss`),
-        ``"bce_dice"`` (:class:`BCEDiceLoss`). Case-insensitive.
+        ``"bce_dice"`` (:class:`BCEDiceLoss`), ``"bce_sum"`` (:class:`BCESumLoss`).
+        Case-insensitive.
     **kwargs
         Passed to the loss constructor.
 
@@ -401,6 +455,7 @@ def get_loss(name, **kwargs):
         "focal": BinaryFocalLoss,
         "dice": DiceLoss,
         "bce_dice": BCEDiceLoss,
+        "bce_sum": BCESumLoss,
     }
     if key not in builders:
         raise InputError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")

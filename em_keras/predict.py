@@ -2,7 +2,15 @@
 
 Fully convolutional models are run on whole slices of any size: each slice is
 mirror-padded to a multiple of the network's stride (``2**depth``), predicted,
-and cropped back.
+and cropped back. For slices too large for one pass, :func:`predict_stack` can
+instead predict overlapping tiles and blend them (the overlap-tile strategy of
+Ronneberger et al. 2015), and it can average over the 8 dihedral transforms
+(test-time augmentation).
+
+References
+----------
+O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for
+Biomedical Image Segmentation", MICCAI 2015, arXiv:1505.04597 (Fig. 2: overlap-tile).
 """
 
 import os
@@ -11,7 +19,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "pad_to_multiple", "predict_stack", "model_multiple"]
+__all__ = ["load_model", "pad_to_multiple", "predict_stack", "model_multiple", "tile_starts", "blend_window",
+           "dihedral_transforms"]
 
 
 def load_model(path):
@@ -47,10 +56,15 @@ def load_model(path):
     from . import losses, metrics  # noqa: F401  (registers the serializable objects)
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot load model ({msg})") from None
+    if len(model.outputs) > 1:  # a deeply supervised U-Net++ checkpoint: average its heads
+        from .unetpp import inference_model
+
+        model = inference_model(model, "mean")
+    return model
 
 
 class _SavedModelRunner:
@@ -98,8 +112,205 @@ def pad_to_multiple(images, multiple, mode="reflect"):
     return np.pad(images, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
 
 
-def predict_stack(model, images, multiple=None, batch_size=1):
+def tile_starts(length, tile, overlap, multiple=1):
+    """Offsets of the tiles that cover one axis of a (padded) slice.
+
+    Consecutive tiles share at least ``overlap`` pixels. The step
+    ``tile - overlap`` is rounded down to a multiple of ``multiple`` so every
+    tile starts on the model's pooling grid (as in whole-image prediction); the
+    last tile is moved back to end exactly at ``length``, so it may overlap its
+    neighbour by more. (Only when ``tile == multiple`` and ``overlap > 0`` is the
+    step left unaligned, since the aligned step would be 0.)
+
+    Parameters
+    ----------
+    length : int
+        Axis length, already padded to a multiple of ``multiple``.
+    tile : int
+        Tile size (a multiple of ``multiple``).
+    overlap : int
+        Minimum overlap between neighbouring tiles, ``0 <= overlap < tile / 2``.
+    multiple : int
+
+    Returns
+    -------
+    starts : list of int
+        Increasing tile offsets; the first is 0, the last is ``length - size``.
+    size : int
+        Tile size along this axis: ``min(tile, length)``.
+
+    Examples
+    --------
+    >>> tile_starts(100, 48, 8, multiple=4)
+    ([0, 40, 52], 48)
+    >>> tile_starts(30, 48, 8)
+    ([0], 30)
+    """
+    if length <= tile:
+        return [0], length
+    step = (tile - overlap) // multiple * multiple
+    if step <= 0:
+        step = tile - overlap
+    return list(range(0, length - tile, step)) + [length - tile], tile
+
+
+def blend_window(size, overlap, left=True, right=True):
+    """1-D blending weights of one tile along one axis.
+
+    Each tapered edge spans ``overlap`` pixels: weight 0 over the outer
+    ``overlap // 4`` pixels (the tile margin, where the model sees the tile's
+    zero padding instead of the real neighbourhood), then a raised-cosine ramp
+    ``sin(pi/2 * t)**2`` up to 1 over the middle half, then 1. The ramp of one
+    tile and the mirrored ramp of its neighbour sum to exactly 1 where the tiles
+    overlap by ``overlap``. Edges on the image border (``left``/``right`` False)
+    are not tapered.
+
+    Parameters
+    ----------
+    size : int
+        Tile size along the axis (``> 2 * overlap`` when an edge is tapered).
+    overlap : int
+    left, right : bool
+        Whether that edge has a neighbouring tile (and is tapered).
+
+    Returns
+    -------
+    ndarray, float32, (size,)
+
+    Examples
+    --------
+    >>> print(blend_window(12, 4).round(2))
+    [0.   0.15 0.85 1.   1.   1.   1.   1.   1.   0.85 0.15 0.  ]
+    >>> print(blend_window(8, 4, left=False).round(2))
+    [1.   1.   1.   1.   1.   0.85 0.15 0.  ]
+    """
+    w = np.ones(size, np.float64)
+    if overlap > 0:
+        margin = overlap // 4
+        ramp_len = overlap - 2 * margin
+        ramp = np.sin(0.5 * np.pi * (np.arange(ramp_len) + 0.5) / ramp_len) ** 2
+        edge = np.concatenate([np.zeros(margin), ramp])
+        if left:
+            w[:len(edge)] = edge
+        if right:
+            w[size - len(edge):] = edge[::-1]
+    return w.astype(np.float32)
+
+
+def dihedral_transforms():
+    """The 8 symmetries of the square (4 rotations, each with and without a flip).
+
+    Returns
+    -------
+    list of (forward, inverse) pairs
+        Functions on arrays ``(..., H, W)``; ``forward`` flips left-right (for
+        the 4 flipped ones) and then rotates by ``k * 90`` degrees, giving
+        ``(..., H, W)`` or ``(..., W, H)``; ``inverse`` undoes it, so
+        ``inverse(forward(a))`` equals ``a``. Both return contiguous arrays.
+
+    Examples
+    --------
+    >>> a = np.arange(6).reshape(1, 2, 3)
+    >>> all((inv(fwd(a)) == a).all() for fwd, inv in dihedral_transforms())
+    True
+    """
+    pairs = []
+    for flip in (False, True):
+        for k in range(4):
+            def forward(a, k=k, flip=flip):
+                if flip:
+                    a = a[..., ::-1]
+                return np.ascontiguousarray(np.rot90(a, k, axes=(-2, -1)))
+
+            def inverse(a, k=k, flip=flip):
+                a = np.rot90(a, -k, axes=(-2, -1))
+                if flip:
+                    a = a[..., ::-1]
+                return np.ascontiguousarray(a)
+
+            pairs.append((forward, inverse))
+    return pairs
+
+
+def _run(call, x):
+    """One model call on float32 ``(B, H, W)``; returns float32 ``(B, H, W)``."""
+    import tensorflow as tf
+
+    y = np.asarray(call(tf.constant(x[..., None])), np.float32)
+    return y[..., 0] if y.ndim == 4 else y
+
+
+def _predict_whole(call, images, multiple, batch_size):
+    padded, (h, w) = pad_to_multiple(images, multiple)
+    out = np.empty(images.shape, np.float32)
+    for start in range(0, len(images), batch_size):
+        out[start:start + batch_size] = _run(call, padded[start:start + batch_size])[:, :h, :w]
+    return out
+
+
+def _predict_tiled(call, images, multiple, batch_size, tile, overlap):
+    n, h, w = images.shape
+    hp, wp = h + (-h) % multiple, w + (-w) % multiple
+    ys, th = tile_starts(hp, tile, overlap, multiple)
+    xs, tw = tile_starts(wp, tile, overlap, multiple)
+    wy = [blend_window(th, overlap, i > 0, i < len(ys) - 1) for i in range(len(ys))]
+    wx = [blend_window(tw, overlap, i > 0, i < len(xs) - 1) for i in range(len(xs))]
+    # The tiles form a grid, so the summed weights are separable.
+    norm_y, norm_x = np.zeros(hp, np.float32), np.zeros(wp, np.float32)
+    for y0, wi in zip(ys, wy):
+        norm_y[y0:y0 + th] += wi
+    for x0, wi in zip(xs, wx):
+        norm_x[x0:x0 + tw] += wi
+    norm = np.outer(norm_y, norm_x)
+    jobs = [(k, iy, ix) for k in range(n) for iy in range(len(ys)) for ix in range(len(xs))]
+    last = (len(ys) - 1, len(xs) - 1)
+    out = np.empty((n, h, w), np.float32)
+    acc, padded_k, padded = {}, None, None
+    for b in range(0, len(jobs), batch_size):
+        batch = jobs[b:b + batch_size]
+        x = np.empty((len(batch), th, tw), np.float32)
+        for j, (k, iy, ix) in enumerate(batch):
+            if padded_k != k:  # pad one slice at a time: never the whole stack at once
+                padded, padded_k = pad_to_multiple(images[k:k + 1], multiple)[0][0], k
+            x[j] = padded[ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw]
+        y = _run(call, x)
+        for j, (k, iy, ix) in enumerate(batch):
+            a = acc.setdefault(k, np.zeros((hp, wp), np.float32))
+            a[ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw] += y[j] * np.outer(wy[iy], wx[ix])
+            if (iy, ix) == last:
+                out[k] = (acc.pop(k) / norm)[:h, :w]
+    return out
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap=32, tta=False):
     """Predict P(cell) for every slice of a stack at full size.
+
+    With ``tile=None`` each slice is mirror-padded at the bottom/right to a
+    multiple of the model's stride, predicted in one pass, and cropped back.
+
+    With ``tile`` set, the overlap-tile strategy of the U-Net paper is used
+    instead, so slices of any size (also ones too large for one pass) can be
+    predicted: the padded slice is cut into ``tile x tile`` tiles whose
+    neighbours share at least ``overlap`` pixels, the tiles are predicted
+    ``batch_size`` at a time (tiles of several slices share a batch), and the
+    predictions are blended with a separable weight window (see
+    :func:`blend_window`: the outer ``overlap // 4`` pixels of every inner tile
+    edge get weight 0, then a raised-cosine ramp) and normalised by the summed
+    weights. Tile origins stay on the model's pooling grid
+    (:func:`tile_starts`), and the image border is padded exactly as in the
+    whole-image path, so for a model whose receptive-field radius is at most
+    ``overlap // 4`` the stitched result equals whole-image prediction up to
+    float rounding; for a U-Net, whose "same"-padded receptive field is larger,
+    it is close but not identical.
+
+    With ``tta=True`` the result is the mean over the 8 dihedral transforms
+    (:func:`dihedral_transforms`): each transformed stack is predicted (tiled or
+    whole; rotated non-square slices simply have swapped height and width) and
+    the prediction is transformed back before averaging. It costs 8 passes.
 
     Parameters
     ----------
@@ -110,11 +321,33 @@ def predict_stack(model, images, multiple=None, batch_size=1):
         Pad to a multiple of this (default: inferred from the model, e.g. 16 for a
         depth-4 U-Net).
     batch_size : int
+        Slices (whole-image path) or tiles (tiled path) per model call.
+    tile : int, optional
+        Tile size in pixels, a positive multiple of ``multiple``; tiles are
+        ``min(tile, H') x min(tile, W')`` for the padded size ``H' x W'``.
+        None (default) predicts whole slices.
+    overlap : int
+        Minimum pixels shared by neighbouring tiles, ``0 <= overlap < tile / 2``
+        (used only with ``tile``). It should cover the context the model needs
+        at a tile edge; 32 suits the default U-Net.
+    tta : bool
+        Average over the 8 rotations/flips.
 
     Returns
     -------
     ndarray, float32, (N, H, W)
         P(cell) per pixel.
+
+    Raises
+    ------
+    InputError
+        ``images`` not 3-D, ``batch_size`` not positive, ``tile`` not a
+        positive multiple of ``multiple``, or ``overlap`` outside ``[0, tile/2)``.
+
+    References
+    ----------
+    O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for
+    Biomedical Image Segmentation", MICCAI 2015 (overlap-tile strategy, Fig. 2).
 
     Examples
     --------
@@ -122,21 +355,31 @@ def predict_stack(model, images, multiple=None, batch_size=1):
     >>> m = build_unet(filters=4, depth=2)
     >>> predict_stack(m, np.zeros((2, 30, 30), np.float32)).shape
     (2, 30, 30)
+    >>> predict_stack(m, np.zeros((1, 50, 70), np.float32), tile=32, overlap=8, tta=True).shape
+    (1, 50, 70)
     """
-    import tensorflow as tf
-
     images = np.asarray(images, np.float32)
     if images.ndim != 3:
         raise InputError(f"images must be (N, H, W), got shape {images.shape}")
+    if not _is_int(batch_size) or batch_size <= 0:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if multiple is None:
         multiple = model_multiple(model)
-    padded, (h, w) = pad_to_multiple(images, multiple)
-    out = np.empty(images.shape, np.float32)
+    if tile is not None:
+        if not _is_int(tile) or tile <= 0 or tile % multiple:
+            raise InputError(f"tile {tile!r} must be a positive multiple of the model stride {multiple}")
+        if not _is_int(overlap) or not 0 <= 2 * overlap < tile:
+            raise InputError(f"overlap {overlap!r} must be an integer >= 0 and < tile/2 ({tile / 2:g})")
     call = model.predict_on_batch if hasattr(model, "predict_on_batch") else model
-    for start in range(0, len(images), batch_size):
-        x = tf.constant(padded[start:start + batch_size, :, :, None])
-        y = np.asarray(call(x), np.float32)
-        if y.ndim == 4:
-            y = y[..., 0]
-        out[start:start + batch_size] = y[:, :h, :w]
-    return out
+
+    def run(x):
+        if tile is None:
+            return _predict_whole(call, x, multiple, batch_size)
+        return _predict_tiled(call, x, multiple, batch_size, tile, overlap)
+
+    if not tta:
+        return run(images)
+    out = np.zeros(images.shape, np.float32)
+    for forward, inverse in dihedral_transforms():
+        out += inverse(run(forward(images)))
+    return out / np.float32(8)

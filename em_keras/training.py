@@ -15,6 +15,7 @@ A run writes into ``--out``:
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ import time
 import numpy as np
 
 from .atomic import atomic_dir, save_json, save_npy, save_png
-from .errors import InputError, TrainingError
+from .errors import ArgumentParser, InputError, TrainingError
 
 __all__ = [
     "TrainConfig",
@@ -40,7 +41,10 @@ __all__ = [
     "train",
     "main",
     "AtomicModelCheckpoint",
+    "SafeBackupAndRestore",
     "NaNGuard",
+    "read_backup",
+    "truncate_history",
 ]
 
 
@@ -72,6 +76,12 @@ class TrainConfig:
     batch_norm: bool = None
     dropout: float = None
     upsampling: str = None
+    deep_supervision: bool = None  # U-Net++
+    ds_predict: str = None  # U-Net++: "mean" or "last" head(s) for prediction/export
+    variant: str = None  # FCN: "32s", "16s" or "8s"
+    fc_width: int = None  # FCN: filters of fc6/fc7
+    backbone_weights: str = None  # FCN: "imagenet", "auto", "none" or a VGG16 notop .h5
+    init_from: str = None  # FCN: .keras file to warm-start from (32s -> 16s -> 8s)
     seed: int = None
     out: str = None
     resume: bool = False
@@ -105,13 +115,36 @@ PRESETS = {
     },
 }
 
-#: name -> dict(build=callable(cfg) -> keras.Model, multiple=callable(cfg) -> int)
+#: name -> dict(build=callable(cfg) -> keras.Model, multiple=callable(cfg) -> int,
+#: inference=callable(model, cfg) -> keras.Model or None, add_arguments=callable(group) or None,
+#: validate=callable(cfg) or None)
 MODELS = {}
 
 
-def register_model(name, build, multiple, presets):
-    """Register a model family for :func:`train` and the CLI."""
-    MODELS[name] = dict(build=build, multiple=multiple)
+def register_model(name, build, multiple, presets, inference=None, add_arguments=None, validate=None):
+    """Register a model family for :func:`train` and the CLI.
+
+    Parameters
+    ----------
+    name : str
+    build : callable
+        ``build(cfg) -> keras.Model``. A model with several outputs is trained with
+        the loss on every output (averaged) and the metrics on the last one.
+    multiple : callable
+        ``multiple(cfg) -> int``: input sizes must divide by it.
+    presets : dict
+        Preset name -> dict of :class:`TrainConfig` values.
+    inference : callable, optional
+        ``inference(model, cfg) -> keras.Model``: the single-output model that
+        :func:`train` uses for the held-out predictions and the SavedModel export.
+    add_arguments : callable, optional
+        ``add_arguments(group)`` adds the model's flags (default: the U-Net's).
+    validate : callable, optional
+        ``validate(cfg)`` raises :class:`InputError` for bad model-specific values;
+        called by :func:`resolve_config`, before anything is written.
+    """
+    MODELS[name] = dict(build=build, multiple=multiple, inference=inference,
+                        add_arguments=add_arguments, validate=validate)
     PRESETS[name] = presets
 
 
@@ -124,7 +157,136 @@ def _build_unet(cfg):
     )
 
 
-register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"])
+def _unet_arguments(g):
+    g.add_argument("--filters", type=int)
+    g.add_argument("--depth", type=int)
+    g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--upsampling", choices=["upsample", "transpose"])
+
+
+register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"],
+               add_arguments=_unet_arguments)
+
+
+# ---- FCN-32s/16s/8s (em_keras.fcn) -------------------------------------------------------
+#: ``paper``: the FCN paper's solver (SGD, momentum 0.99, weight decay 5e-4, batch 1,
+#: lr 1e-10 on the pixel-summed loss ``bce_sum``) at 256x256, ImageNet VGG16;
+#: ``paper-focal``: the report's second run (focal loss, gamma 2, alpha 0.5, Adam 1e-6);
+#: ``cpu``: fc6/fc7 512 wide, Adam 1e-4, 256 crops, ImageNet backbone when cached.
+_FCN_BASE = dict(
+    variant="8s", fc_width=4096, dropout=0.5, backbone_weights="imagenet", optimizer="sgd",
+    lr=1e-10, lr_schedule="constant", momentum=0.99, weight_decay=5e-4, loss="bce_sum",
+    batch_size=1, crop=None, size=256, augment=True, rot90=False, vertical_flip=False,
+    elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False,
+)
+PRESETS["fcn"] = {
+    "paper": dict(_FCN_BASE),
+    "paper-focal": dict(_FCN_BASE, optimizer="adam", lr=1e-6, momentum=0.9, weight_decay=0.0,
+                        loss="focal"),
+    "cpu": dict(_FCN_BASE, fc_width=512, backbone_weights="auto", optimizer="adam", lr=1e-4,
+                lr_schedule="cosine", momentum=0.9, weight_decay=0.0, loss="bce", batch_size=2,
+                crop=256, size=None, rot90=True, vertical_flip=True, steps_per_epoch=50),
+}
+
+
+def _build_fcn(cfg):
+    from .fcn import build_fcn, imagenet_weights_path, warm_start
+
+    spec = None if cfg.init_from else cfg.backbone_weights
+    if spec == "auto":
+        path, found = imagenet_weights_path()
+        print(f"note: --backbone-weights auto: {'loading ' + path if found else 'no ' + path}"
+              f"{'' if found else '; VGG16 starts from random weights'}")
+    model = build_fcn(input_shape=(None, None, 1), variant=cfg.variant, fc_width=cfg.fc_width,
+                      dropout=cfg.dropout, backbone_weights=spec, name=f"fcn{cfg.variant}")
+    if cfg.init_from:
+        copied = warm_start(model, cfg.init_from)
+        print(f"note: --init-from {cfg.init_from}: copied the weights of {len(copied)} layers "
+              f"({', '.join(n for n in copied if not n.startswith('block')) or 'backbone only'}"
+              f"{' and the VGG16 blocks' if any(n.startswith('block') for n in copied) else ''})")
+    return model
+
+
+def _fcn_arguments(g):
+    g.add_argument("--variant", choices=["32s", "16s", "8s"],
+                   help="FCN-32s, FCN-16s (+ pool4) or FCN-8s (+ pool4 + pool3)")
+    g.add_argument("--fc-width", type=int, help="filters of fc6 (7x7) and fc7 (1x1); 4096 in the paper")
+    g.add_argument("--dropout", type=float, help="dropout after fc6 and fc7")
+    g.add_argument("--backbone-weights", metavar="imagenet|auto|none|PATH",
+                   help="VGG16 initialisation: ImageNet from Keras's cache ($KERAS_HOME/models, no "
+                        "download; auto = if present), random, or a VGG16 notop .h5 file")
+    g.add_argument("--init-from", metavar="MODEL.keras",
+                   help="warm start: copy weights by layer name (FCN-32s -> 16s -> 8s)")
+
+
+def _validate_fcn(cfg):
+    from .fcn import VARIANTS, resolve_backbone_weights
+
+    if cfg.variant not in VARIANTS:
+        raise InputError(f"--variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
+    if cfg.init_from:
+        if not os.path.isfile(cfg.init_from):
+            raise InputError(f"--init-from {cfg.init_from}: file not found")
+    else:
+        resolve_backbone_weights(cfg.backbone_weights)
+
+
+register_model("fcn", _build_fcn, lambda cfg: 32, PRESETS["fcn"],
+               add_arguments=_fcn_arguments, validate=_validate_fcn)
+
+
+# ---- U-Net++ (em_keras.unetpp) -----------------------------------------------------------
+PRESETS["unetpp"] = {
+    "paper": dict(
+        filters=32, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
+        deep_supervision=True, ds_predict="mean", optimizer="sgd", lr=0.1, lr_schedule="constant",
+        momentum=0.0, weight_decay=0.0, loss="bce_dice", batch_size=5, crop=None, size=512,
+        augment=True, rot90=False, vertical_flip=False, elastic=0.0, epochs=20,
+        steps_per_epoch=300, seed=0, jit_compile=False,
+    ),
+    "cpu": dict(
+        filters=16, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
+        deep_supervision=True, ds_predict="mean", optimizer="adam", lr=1e-3, lr_schedule="cosine",
+        momentum=0.9, weight_decay=0.0, loss="bce_dice", batch_size=4, crop=256, size=None,
+        augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=50,
+        seed=0, jit_compile=False,
+    ),
+}
+
+
+def _build_unetpp(cfg):
+    from .unetpp import build_unetpp
+
+    return build_unetpp(
+        input_shape=(None, None, 1), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
+        deep_supervision=bool(cfg.deep_supervision), ds_output="train",
+    )
+
+
+def _unetpp_inference(model, cfg):
+    from .unetpp import inference_model
+
+    return inference_model(model, cfg.ds_predict)
+
+
+def _unetpp_arguments(g):
+    _unet_arguments(g)
+    g.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None,
+                   help="one sigmoid head (and loss) per X^{0,j}")
+    g.add_argument("--ds-predict", choices=["mean", "last"],
+                   help="with deep supervision, predict with the average of the heads or the last")
+
+
+def _validate_unetpp(cfg):
+    if cfg.ds_predict not in ("mean", "last"):
+        raise InputError(f"--ds-predict must be mean or last, got {cfg.ds_predict!r}")
+
+
+register_model("unetpp", _build_unetpp, lambda cfg: 2 ** cfg.depth, PRESETS["unetpp"],
+               inference=_unetpp_inference, add_arguments=_unetpp_arguments,
+               validate=_validate_unetpp)
 
 
 def resolve_config(cfg):
@@ -150,7 +312,7 @@ def resolve_config(cfg):
         else:
             values["crop"] = None
     out = TrainConfig(**values)
-    for name in ("epochs", "steps_per_epoch", "batch_size", "filters", "depth"):
+    for name in ("epochs", "steps_per_epoch", "batch_size", "filters", "depth", "fc_width"):
         val = getattr(out, name)
         if val is not None and (not isinstance(val, int) or val <= 0):
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {val}")
@@ -170,6 +332,10 @@ def resolve_config(cfg):
         raise InputError(f"--dropout must be in [0, 1), got {out.dropout}")
     if not 0 < out.threshold < 1:
         raise InputError(f"--threshold must be in (0, 1), got {out.threshold}")
+    if out.elastic is not None and not (out.elastic >= 0 and math.isfinite(out.elastic)):
+        raise InputError(f"--elastic must be >= 0, got {out.elastic}")
+    if out.seed is not None and not 0 <= out.seed < 2 ** 32:
+        raise InputError(f"--seed must be in [0, 2^32), got {out.seed}")
     from .losses import LOSSES
 
     if out.loss not in LOSSES:
@@ -179,6 +345,8 @@ def resolve_config(cfg):
         val = getattr(out, name)
         if val is not None and val % mult:
             raise InputError(f"--{name} {val} is not divisible by {mult} (2^depth)")
+    if MODELS[out.model].get("validate"):
+        MODELS[out.model]["validate"](out)
     return out
 
 
@@ -202,11 +370,40 @@ def make_optimizer(cfg, total_steps):
     return keras.optimizers.Adam(lr, weight_decay=wd)
 
 
-def _finite(logs):
-    loss = (logs or {}).get("loss")
-    return loss is None or math.isfinite(float(loss))
+def _finite(logs, keys=("loss",)):
+    for key in keys:
+        value = (logs or {}).get(key)
+        if value is not None and not math.isfinite(float(value)):
+            return False
+    return True
 
 
+def _state_ok(model, logs):
+    """True when the epoch's losses and every weight of ``model`` are finite (safe to save)."""
+    if not _finite(logs, ("loss", "val_loss")):
+        return False
+    return all(np.all(np.isfinite(w)) for w in model.get_weights())
+
+
+BACKUP_META = "training_metadata.json"
+
+
+def read_backup(backup_dir):
+    """The committed state of a ``backup/`` directory: ``{"epoch", "batch", "weights", ...}`` or None."""
+    path = os.path.join(backup_dir, BACKUP_META)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            meta = json.load(fh)
+        int(meta["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    meta.setdefault("weights", "latest.weights.h5")  # a plain keras BackupAndRestore directory
+    return meta
+
+
+@functools.lru_cache(maxsize=None)
 def _callback_classes():
     """Define the callbacks lazily, so that importing this module does not import Keras."""
     import keras
@@ -214,12 +411,32 @@ def _callback_classes():
     class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         """``ModelCheckpoint`` that writes to a temporary file and renames it into place.
 
-        It also skips saving when the epoch's loss is NaN or inf, so the last good
-        checkpoint survives a diverged run.
+        It also skips saving when the epoch's loss, held-out loss or any weight is NaN
+        or inf, so the last good checkpoint survives a diverged run.
         """
 
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            self._seeded = False
+
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            if not getattr(self, "_seeded", True) and self.save_best_only and epoch > 0:
+                # resumed: "best" is the best held-out loss of the epochs already run
+                history = os.path.join(os.path.dirname(os.path.abspath(self.filepath)), "history.csv")
+                values = []
+                for row in _read_history(history):
+                    try:
+                        values.append(float(row.get(self.monitor) or "nan"))
+                    except ValueError:
+                        pass
+                values = [v for v in values if math.isfinite(v)]
+                if values:  # only the "best" checkpoint uses save_best_only, with mode="min"
+                    self.best = min(values)
+            self._seeded = True
+
         def _save_model(self, epoch, batch, logs):
-            if not _finite(logs):
+            if not _state_ok(self.model, logs):
                 return
             final = self._get_file_path(epoch, batch, logs)
             directory = os.path.dirname(os.path.abspath(final))
@@ -235,19 +452,101 @@ def _callback_classes():
                 os.replace(tmp, final)
 
     class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-        """``BackupAndRestore`` that never backs up a NaN state."""
+        """``BackupAndRestore`` with atomic backups that never hold a NaN state.
+
+        Keras overwrites ``latest.weights.h5`` and then ``training_metadata.json`` in
+        place, so a kill during or between the two writes leaves a truncated file or
+        weights one epoch ahead of the epoch counter. Here each backup writes a new
+        ``state-*.weights.h5`` and then atomically replaces ``training_metadata.json``,
+        which names it: the metadata file is the commit point. With
+        ``double_checkpoint`` the previous state is kept too and restored if the
+        current one cannot be read. ``lr``, when given, is re-applied to a constant
+        learning rate after a restore (it is part of the saved optimizer state), so a
+        diverged run can be continued with a lower ``--lr``.
+        """
+
+        def __init__(self, backup_dir, lr=None, **kwargs):
+            super().__init__(backup_dir, **kwargs)
+            self.lr = lr
+            self.restored_epoch = 0
+
+        def on_train_begin(self, logs=None):
+            self._load_model()
+
+        def _load_model(self):
+            meta = read_backup(self.backup_dir)
+            if meta is None:
+                return
+            optimizer = self.model.optimizer
+            if optimizer is not None and not optimizer.built:
+                optimizer.build(self.model.trainable_variables)
+            error = None
+            for state in (meta, meta.get("previous")):
+                if not state:
+                    continue
+                try:
+                    self.model.load_weights(os.path.join(self.backup_dir, state["weights"]))
+                except (OSError, ValueError, KeyError) as exc:
+                    error = exc
+                    continue
+                self.model._initial_epoch = self.restored_epoch = int(state["epoch"])
+                lr = getattr(optimizer, "_learning_rate", None)
+                if self.lr is not None and isinstance(lr, keras.Variable):
+                    lr.assign(self.lr)
+                return
+            msg = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise InputError(f"cannot restore the interrupted run in {os.path.dirname(self.backup_dir)} "
+                             f"({msg}); pass --overwrite to start over")
 
         def on_epoch_end(self, epoch, logs=None):
-            if _finite(logs):
+            if _state_ok(self.model, logs):
                 super().on_epoch_end(epoch, logs)
 
+        def on_train_end(self, logs=None):
+            pass  # train() removes the backup once every output is written
+
+        def _save_model(self):
+            import uuid
+
+            os.makedirs(self.backup_dir, exist_ok=True)
+            old = read_backup(self.backup_dir)
+            name = f"state-{self._current_epoch:04d}-{uuid.uuid4().hex[:8]}.weights.h5"
+            self.model.save_weights(os.path.join(self.backup_dir, name), overwrite=True)
+            meta = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+            if self.double_checkpoint and old is not None:
+                meta["previous"] = {k: old[k] for k in ("epoch", "batch", "weights") if k in old}
+            save_json(os.path.join(self.backup_dir, BACKUP_META), meta)  # the commit point
+            keep = {name, meta.get("previous", {}).get("weights")}
+            for entry in os.listdir(self.backup_dir):
+                if entry.endswith(".weights.h5") and entry not in keep:
+                    os.remove(os.path.join(self.backup_dir, entry))
+
+    class ResumableCSVLogger(keras.callbacks.CSVLogger):
+        """``CSVLogger(append=True)`` that first drops the rows of the epochs about to be (re-)run.
+
+        The file is opened at the first ``on_epoch_begin``, after ``BackupAndRestore``
+        has restored the epoch counter, so the first epoch run is the one to cut at.
+        """
+
+        def __init__(self, filename):
+            super().__init__(filename, append=True)
+
+        def on_train_begin(self, logs=None):
+            self.csv_file, self.writer, self.keys = None, None, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.csv_file is None:
+                truncate_history(self.filename, epoch)
+                super().on_train_begin(logs)
+
     class NaNGuard(keras.callbacks.Callback):
-        """Record the epoch and step at which the loss first became NaN or inf."""
+        """Record the epoch and step at which the loss (or a weight) first became NaN or inf."""
 
         def __init__(self):
             super().__init__()
             self.epoch = 0
             self.where = None
+            self.what = "loss"
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
@@ -255,6 +554,17 @@ def _callback_classes():
         def on_train_batch_end(self, batch, logs=None):
             if self.where is None and not _finite(logs):
                 self.where = (self.epoch + 1, batch + 1)
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.where is None and not _state_ok(self.model, logs):
+                self.where = (epoch + 1, (self.params or {}).get("steps") or 0)
+                if not _finite(logs):
+                    self.what = "loss"
+                elif not _finite(logs, ("val_loss",)):
+                    self.what = "held-out loss"
+                else:
+                    self.what = "weights"
                 self.model.stop_training = True
 
     class RunProgress(keras.callbacks.Callback):
@@ -265,37 +575,88 @@ def _callback_classes():
             self.run_info, self.path = run_info, path
 
         def on_epoch_end(self, epoch, logs=None):
-            self.run_info["epochs_completed"] = epoch + 1
-            save_json(self.path, self.run_info)
+            if _finite(logs):
+                self.run_info["epochs_completed"] = epoch + 1
+                save_json(self.path, self.run_info)
 
-    return AtomicModelCheckpoint, SafeBackupAndRestore, NaNGuard, RunProgress
+    return dict(AtomicModelCheckpoint=AtomicModelCheckpoint, SafeBackupAndRestore=SafeBackupAndRestore,
+                NaNGuard=NaNGuard, RunProgress=RunProgress, ResumableCSVLogger=ResumableCSVLogger)
+
+
+_CALLBACK_NAMES = ("AtomicModelCheckpoint", "SafeBackupAndRestore", "NaNGuard", "RunProgress", "ResumableCSVLogger")
 
 
 def __getattr__(name):
-    if name in ("AtomicModelCheckpoint", "SafeBackupAndRestore", "NaNGuard", "RunProgress"):
-        classes = dict(zip(("AtomicModelCheckpoint", "SafeBackupAndRestore", "NaNGuard", "RunProgress"),
-                           _callback_classes()))
-        return classes[name]
+    if name in _CALLBACK_NAMES:
+        return _callback_classes()[name]
     raise AttributeError(name)
 
 
 def make_callbacks(cfg, out, run_info):
-    """Checkpoints, backup, CSV and TensorBoard logs, NaN handling."""
+    """Checkpoints, backup, CSV and TensorBoard logs, NaN handling.
+
+    The order matters for a kill at any point: at the end of an epoch the history
+    row and the checkpoints are written *before* the backup commits the epoch, so a
+    resumed run never lacks a row or a checkpoint of an epoch it will not re-run;
+    rows of epochs it does re-run are dropped by :func:`truncate_history`.
+    """
     import keras
 
-    ckpt, backup, guard_cls, progress = _callback_classes()
-    guard = guard_cls()
+    cls = _callback_classes()
+    ckpt = cls["AtomicModelCheckpoint"]
+    guard = cls["NaNGuard"]()
     callbacks = [
         guard,
         keras.callbacks.TerminateOnNaN(),
-        backup(os.path.join(out, "backup"), double_checkpoint=True),
+        cls["ResumableCSVLogger"](os.path.join(out, "history.csv")),
         ckpt(os.path.join(out, "last.keras")),
         ckpt(os.path.join(out, "best.keras"), monitor="val_loss", mode="min", save_best_only=True),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        cls["RunProgress"](run_info, os.path.join(out, "run.json")),
+        cls["SafeBackupAndRestore"](os.path.join(out, "backup"),
+                                    lr=cfg.lr if cfg.lr_schedule == "constant" else None,
+                                    double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.TensorBoard(os.path.join(out, "logs"), write_graph=False, profile_batch=0),
-        progress(run_info, os.path.join(out, "run.json")),
     ]
     return callbacks, guard
+
+
+def _read_history(path):
+    import csv
+
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def truncate_history(path, epoch):
+    """Keep only the ``history.csv`` rows of epochs before ``epoch`` (atomically).
+
+    A run resumed at ``epoch`` re-runs that epoch and the later ones, so rows for
+    them (written just before a kill) would otherwise appear twice. A partly
+    written last row is dropped too. Returns the kept rows as dicts.
+    """
+    import csv
+
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or epoch <= 0:
+        os.remove(path)
+        return []
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        if len(row) == len(header) and row[0].isdigit() and int(row[0]) < epoch:
+            if int(row[0]) not in {int(r[0]) for r in kept}:
+                kept.append(row)
+    if len(kept) != len(rows) - 1:
+        from .atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as fh:
+                csv.writer(fh).writerows([header] + kept)
+    return [dict(zip(header, row)) for row in kept]
 
 
 def versions():
@@ -324,38 +685,92 @@ def _panel(image, label, prob, threshold):
     return np.concatenate(row, axis=1)
 
 
+#: Settings that a resumed run must share with the interrupted one (its backup holds
+#: weights and optimizer state of that shape and kind).
+RESUME_KEYS = ("model", "filters", "depth", "batch_norm", "upsampling", "optimizer", "lr_schedule",
+               "steps_per_epoch", "mixed_precision")
+
+
 def _check_out(cfg):
-    """Refuse to mix a new run into a finished one; say how to resume an unfinished one."""
+    """Refuse to mix a new run into a finished one; say how to resume an unfinished one.
+
+    Returns True when ``--out`` holds an interrupted run to resume. With
+    ``--overwrite`` any previous run (finished, diverged or interrupted) is
+    cleared instead, so logs and history are not appended to.
+    """
+    from .atomic import check_writable
+
     out = cfg.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {out}: exists and is not a directory")
-    parent = os.path.dirname(os.path.abspath(out))
-    probe = out if os.path.isdir(out) else parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"--out {out}: directory is not writable")
+    check_writable(out, "--out", directory=True)
     run_json = os.path.join(out, "run.json")
+    previous = {}
     if os.path.isfile(run_json):
         try:
             with open(run_json) as fh:
-                status = json.load(fh).get("status")
+                previous = json.load(fh)
         except (OSError, ValueError):
-            status = None
-        if status == "done" and not cfg.overwrite:
+            previous = {}
+        previous = previous if isinstance(previous, dict) else {}
+        if previous.get("status") == "done" and not cfg.overwrite:
             raise InputError(f"--out {out}: holds a finished run; choose another --out or pass --overwrite")
-    has_backup = os.path.isdir(os.path.join(out, "backup"))
-    return has_backup
+    if cfg.overwrite:
+        import shutil
+
+        for name in ("history.csv", "logs", "backup", "figures"):
+            target = os.path.join(out, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+    if read_backup(os.path.join(out, "backup")) is None:
+        return False
+    old = previous.get("config") or {}
+    for key in RESUME_KEYS:
+        if key in old and old[key] != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"--out {out}: holds an interrupted run with {flag} {old[key]}, not "
+                             f"{getattr(cfg, key)}; rerun with its flags to resume it, or pass --overwrite")
+    return True
 
 
-def train(cfg, log=print):
+def _remove_stale_temporaries(out):
+    """Delete ``.tmp-*`` files and folders left in ``out`` by a killed run."""
+    import shutil
+
+    for folder in (out, os.path.join(out, "figures")):
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.listdir(folder):
+            if entry.startswith(".tmp-"):
+                target = os.path.join(folder, entry)
+                if os.path.isdir(target):
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    os.remove(target)
+
+
+def train(cfg, log=print, callbacks=()):
     """Train, evaluate on the held-out slices, and write every output of a run.
+
+    An interrupted run (killed at any point) is resumed from its last completed
+    epoch when ``train`` is called again with the same ``out``: weights, optimizer
+    state and epoch counter come from ``out/backup``, ``history.csv`` is cut back to
+    the epochs before it, and ``out/backup`` is removed once every output is written.
 
     Parameters
     ----------
     cfg : TrainConfig
         Resolved or not; :func:`resolve_config` is applied.
     log : callable
+    callbacks : sequence of keras.callbacks.Callback
+        Extra callbacks, run after the toolkit's own.
+
+    Raises
+    ------
+    InputError
+        Bad data, flags or ``--out`` (before ``--out`` is created).
+    TrainingError
+        The loss or the weights became NaN/inf; the last good checkpoint and backup are kept.
 
     Returns
     -------
@@ -386,7 +801,8 @@ def train(cfg, log=print):
         raise InputError("--out is required")
     has_backup = _check_out(cfg)
     if has_backup and not cfg.resume:
-        log(f"note: {cfg.out} holds an interrupted run; resuming it (BackupAndRestore)")
+        log(f"note: {cfg.out} holds an interrupted run; resuming it from epoch "
+            f"{read_backup(os.path.join(cfg.out, 'backup'))['epoch']} (BackupAndRestore)")
     elif cfg.resume and not has_backup:
         log(f"note: nothing to resume in {cfg.out}; starting a new run")
 
@@ -404,6 +820,9 @@ def train(cfg, log=print):
         keras.mixed_precision.set_global_policy(_mixed_policy())
 
     os.makedirs(cfg.out, exist_ok=True)
+    _remove_stale_temporaries(cfg.out)
+    backup_meta = read_backup(os.path.join(cfg.out, "backup"))
+    start_epoch = int(backup_meta["epoch"]) if backup_meta else 0
     run_info = {
         "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
         "config": dataclasses.asdict(cfg),
@@ -413,7 +832,10 @@ def train(cfg, log=print):
         "versions": versions(),
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "epochs_completed": start_epoch,
     }
+    if backup_meta:
+        run_info["resumed_from_epoch"] = start_epoch
     save_json(os.path.join(cfg.out, "run.json"), run_info)
 
     augmenter = None
@@ -432,30 +854,47 @@ def train(cfg, log=print):
 
     model = build_model(cfg)
     total_steps = cfg.epochs * cfg.steps_per_epoch
+    loss, loss_weights = losses_mod.get_loss(cfg.loss), None
+    metrics = metrics_mod.default_metrics(cfg.threshold)
+    n_out = len(model.outputs)
+    if n_out > 1:  # deep supervision: y for every head, loss averaged over heads, metrics on the last
+        train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))
+        val_ds = val_ds.map(lambda x, y: (x, (y,) * n_out))
+        loss, loss_weights = [loss] * n_out, [1.0 / n_out] * n_out
+        metrics = [None] * (n_out - 1) + [metrics]
     model.compile(
         optimizer=make_optimizer(cfg, total_steps),
-        loss=losses_mod.get_loss(cfg.loss),
-        metrics=metrics_mod.default_metrics(cfg.threshold),
+        loss=loss,
+        loss_weights=loss_weights,
+        metrics=metrics,
         jit_compile=bool(cfg.jit_compile),
     )
-    callbacks, guard = make_callbacks(cfg, cfg.out, run_info)
+    own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info)
     log(f"training {cfg.model} ({model.count_params():,} parameters, preset {cfg.preset}) on "
         f"{len(x_tr)} slices from {source}; held out {val[0]}-{val[-1]}" if val == list(range(val[0], val[-1] + 1))
         else f"training {cfg.model} on {len(x_tr)} slices; held out {val}")
     t0 = time.time()
     model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
-              validation_data=val_ds, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+              validation_data=val_ds, callbacks=own_callbacks + list(callbacks), verbose=cfg.verbose,
+              shuffle=False)
     train_seconds = time.time() - t0
     if guard.where is not None:
         epoch, step = guard.where
         run_info["status"] = "diverged"
         save_json(os.path.join(cfg.out, "run.json"), run_info)
+        last = os.path.join(cfg.out, "last.keras")
+        if os.path.isfile(last) and run_info["epochs_completed"]:
+            kept = (f"the last good checkpoint {last} (epoch {run_info['epochs_completed']}) and the backup "
+                    f"are intact: rerun with a lower --lr to continue from it, or add --overwrite to start over")
+        else:
+            kept = "no epoch finished cleanly, so no checkpoint was written"
         raise TrainingError(
-            f"loss became NaN/inf at epoch {epoch}, step {step}; the learning rate "
-            f"(--lr {cfg.lr:g}) is probably too high. The last good checkpoint is "
-            f"{os.path.join(cfg.out, 'last.keras')}"
+            f"the {guard.what} became NaN/inf at epoch {epoch}, step {step}; the learning rate "
+            f"(--lr {cfg.lr:g}) is probably too high, try --lr {cfg.lr / 10:g}; {kept}"
         )
 
+    if MODELS[cfg.model].get("inference"):  # single-output model for prediction and export
+        model = MODELS[cfg.model]["inference"](model, cfg)
     probs = predict_stack(model, x_val, multiple=mult)
     if cfg.size is not None:
         log("note: trained on resized slices; predicting held-out slices at full size")
@@ -484,6 +923,9 @@ def train(cfg, log=print):
     run_info.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     train_seconds=round(train_seconds, 1))
     save_json(os.path.join(cfg.out, "run.json"), run_info)
+    import shutil
+
+    shutil.rmtree(os.path.join(cfg.out, "backup"), ignore_errors=True)  # only after "done" is recorded
     shown = {k: v for k, v in result.items() if k not in ("tp", "tn", "fp", "fn", "held_out_slices")
              and isinstance(v, (int, float))}
     log(metrics_mod.format_table({f"{cfg.model} (held-out {val[0]}-{val[-1]})": shown}))
@@ -511,7 +953,7 @@ def _mixed_policy():
 
 def build_parser(model="unet", description=None):
     """The argument parser shared by ``train_unet.py`` and the other train scripts."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=description or f"Train {model} on EM slices (ISBI 2012 layout or PNG/TIFF folders).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -529,7 +971,7 @@ def build_parser(model="unet", description=None):
     g.add_argument("--lr-schedule", choices=["constant", "cosine"])
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--loss", help="bce, focal, dice or bce_dice")
+    g.add_argument("--loss", help="bce, focal, dice, bce_dice or bce_sum (BCE summed over pixels)")
     g = p.add_argument_group("input")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="the report's augmentation (rotation 10, shifts/shear/zoom 0.05, h-flip)")
@@ -542,12 +984,7 @@ def build_parser(model="unet", description=None):
     size.add_argument("--size", type=int, help="train on whole slices resized to this size")
     g = p.add_argument_group("model and run")
     g.add_argument("--preset", default="cpu", choices=sorted(PRESETS.get(model, {"cpu": 0, "paper": 0})))
-    g.add_argument("--filters", type=int)
-    if model == "unet":
-        g.add_argument("--depth", type=int)
-        g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
-        g.add_argument("--dropout", type=float)
-        g.add_argument("--upsampling", choices=["upsample", "transpose"])
+    (MODELS.get(model, {}).get("add_arguments") or _unet_arguments)(g)
     g.add_argument("--seed", type=int)
     g.add_argument("--deterministic", action="store_true", help="enable TF op determinism")
     g.add_argument("--mixed-precision", action="store_true",
@@ -556,7 +993,8 @@ def build_parser(model="unet", description=None):
     g.add_argument("--threshold", type=float, default=0.5, help="P(cell) threshold for the metrics")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    g.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in --out, replacing a finished, diverged or interrupted run")
     g.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2])
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

@@ -181,7 +181,7 @@ def test_focal_gradients_finite_for_saturated_logits():
 # ---------------------------------------------------------------- get_loss
 
 def test_get_loss_names():
-    assert L.LOSSES == ("bce", "focal", "dice", "bce_dice")
+    assert L.LOSSES == ("bce", "focal", "dice", "bce_dice", "bce_sum")
     assert isinstance(L.get_loss("bce"), keras.losses.BinaryCrossentropy)
     assert isinstance(L.get_loss("focal"), L.BinaryFocalLoss)
     assert isinstance(L.get_loss("Dice"), L.DiceLoss)

@@ -52,3 +52,214 @@ def test_load_model_bad_input(tmp_path, name, message):
     (tmp_path / "x.h5").write_bytes(b"garbage")
     with pytest.raises(InputError, match=message):
         load_model(str(tmp_path / name))
+
+
+# --- overlap-tile prediction and test-time augmentation --------------------------------------
+
+from scipy import ndimage  # noqa: E402
+
+from em_keras.__main__ import predict_main  # noqa: E402
+from em_keras.errors import run_cli  # noqa: E402
+from em_keras.predict import blend_window, tile_starts  # noqa: E402
+
+
+def _small_fcn(seed=0):
+    """Two 3x3 convs + sigmoid: receptive field 5 px (radius 2), no pooling."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(x)
+    return keras.Model(inp, x)
+
+
+def _small_pooling_net(seed=0):
+    """conv3x3, 2x2 max-pool, conv3x3, 2x upsampling, 1x1 sigmoid: stride 2, receptive radius 4.
+
+    Its output depends on where the pooling grid lies, so tiles must start at even offsets.
+    """
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, None, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.UpSampling2D(2)(x)
+    return keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
+def _fixed_conv(kernel):
+    """sigmoid(cross-correlation with ``kernel``, zero "same" padding) as a Keras model."""
+    kernel = np.asarray(kernel, np.float32)
+    inp = keras.Input((None, None, 1))
+    conv = keras.layers.Conv2D(1, kernel.shape, padding="same", use_bias=False, activation="sigmoid")
+    m = keras.Model(inp, conv(inp))
+    conv.set_weights([kernel[:, :, None, None]])
+    return m
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _np_conv(x, kernel):
+    """Reference for _fixed_conv in numpy/scipy, per slice of (N, H, W)."""
+    return np.stack([_sigmoid(ndimage.correlate(s.astype(np.float64), kernel, mode="constant")) for s in x])
+
+
+@pytest.mark.parametrize("length, tile, overlap, multiple", [
+    (100, 48, 8, 4), (64, 32, 12, 4), (33, 16, 4, 1), (16, 32, 8, 4), (96, 32, 0, 16), (48, 16, 4, 16),
+])
+def test_tile_starts_cover_axis_on_the_stride_grid(length, tile, overlap, multiple):
+    starts, size = tile_starts(length, tile, overlap, multiple)
+    assert size == min(tile, length) and starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a > 0 and a + size - b >= overlap for a, b in zip(starts, starts[1:]))
+    if tile > multiple or overlap == 0:
+        assert all(s % multiple == 0 for s in starts)
+
+
+@pytest.mark.parametrize("overlap", [1, 4, 8, 13])
+def test_blend_windows_of_neighbours_sum_to_one(overlap):
+    size = 2 * overlap + 5
+    a, b = blend_window(size, overlap, left=False), blend_window(size, overlap, right=False)
+    np.testing.assert_allclose(a[size - overlap:] + b[:overlap], 1.0, atol=1e-6)
+    assert (a[:size - overlap] == 1).all() and (b[overlap:] == 1).all()
+    margin = overlap // 4
+    assert (a[size - margin:] == 0).all() and (b[:margin] == 0).all()
+
+
+@pytest.mark.parametrize("shape, tile, overlap, multiple, batch_size", [
+    ((2, 70, 90), 32, 8, 1, 1),    # several tiles per axis, last tile shifted back
+    ((2, 61, 45), 24, 8, 8, 3),    # padded to 64x48 at bottom/right; batches span slices
+    ((1, 40, 40), 24, 9, 4, 4),    # unaligned overlap: step rounded down to the stride grid
+    ((1, 20, 28), 64, 16, 4, 1),   # tile larger than the image: one tile
+    ((1, 70, 90), 40, 17, 2, 2),   # pooling model, odd overlap: tiles must start on the pooling grid
+])
+def test_tiled_equals_whole_image_for_small_receptive_field(shape, tile, overlap, multiple, batch_size):
+    m = _small_fcn() if multiple != 2 else _small_pooling_net()
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    whole = predict_stack(m, x, multiple=multiple)
+    tiled = predict_stack(m, x, multiple=multiple, batch_size=batch_size, tile=tile, overlap=overlap)
+    assert tiled.shape == x.shape and tiled.dtype == np.float32
+    np.testing.assert_allclose(tiled, whole, atol=2e-6)
+
+
+@pytest.mark.parametrize("overlap", [0, 4])
+def test_tiled_without_enough_overlap_shows_seams(overlap):
+    # Controls for the test above: without overlap, or with a blend margin (overlap // 4 = 1)
+    # below the receptive-field radius (2), the tile borders' zero padding leaks in.
+    m = _small_fcn()
+    x = np.random.default_rng(0).random((1, 70, 90)).astype(np.float32)
+    diff = np.abs(predict_stack(m, x, multiple=1, tile=32, overlap=overlap) - predict_stack(m, x, multiple=1))
+    assert diff.max() > 1e-3
+
+
+def test_tiled_unet_is_close_to_whole_image():
+    from em_keras.data import synthetic_em
+
+    # A "same"-padded U-Net's receptive field exceeds the blend margin, so tiling is not exact;
+    # it is close, and much closer than tiles without overlap.
+    keras.utils.set_random_seed(1)
+    m = build_unet(filters=4, depth=2)
+    x, _ = synthetic_em(n=1, size=96, seed=1)
+    whole = predict_stack(m, x)
+    tiled = predict_stack(m, x, tile=48, overlap=16, batch_size=4)
+    seams = predict_stack(m, x, tile=48, overlap=0, batch_size=4)
+    err, err_seams = np.abs(tiled - whole).mean(), np.abs(seams - whole).mean()
+    assert err < 0.2 * whole.std() and err < 0.5 * err_seams
+
+
+def test_tta_of_symmetric_model_equals_plain_prediction():
+    m = _fixed_conv([[1, 2, 1], [2, -12, 2], [1, 2, 1]])  # invariant under all 8 symmetries
+    x = np.random.default_rng(2).random((2, 20, 28)).astype(np.float32)
+    plain = predict_stack(m, x, multiple=1)
+    np.testing.assert_allclose(plain, _np_conv(x, np.array([[1, 2, 1], [2, -12, 2], [1, 2, 1]])), atol=1e-5)
+    np.testing.assert_allclose(predict_stack(m, x, multiple=1, tta=True), plain, atol=1e-6)
+
+
+def _orbit(kernel):
+    """The 8 rotations/reflections of a kernel (computed without em_keras)."""
+    return [np.rot90(k, r) for k in (kernel, kernel[:, ::-1]) for r in range(4)]
+
+
+@pytest.mark.parametrize("shape, tile", [((2, 24, 24), None), ((2, 20, 28), None), ((1, 40, 56), 16)])
+def test_tta_of_asymmetric_model_averages_correctly_inverted_predictions(shape, tile):
+    # For sigmoid(correlate(x, K)) with zero "same" padding, the correctly inverted prediction
+    # on a rotated/flipped input equals sigmoid(correlate(x, K')) for K' in K's dihedral orbit,
+    # so the TTA mean is the mean over the orbit: computed here in scipy, not via em_keras.
+    kernel = np.random.default_rng(3).normal(0, 2, (3, 3))
+    assert len({k.tobytes() for k in _orbit(kernel)}) == 8  # no symmetry at all
+    m = _fixed_conv(kernel)
+    x = np.random.default_rng(4).random(shape).astype(np.float32)
+    expected = np.mean([_np_conv(x, k) for k in _orbit(kernel)], axis=0)
+    kw = dict(tile=tile, overlap=4, batch_size=3) if tile else {}
+    tta = predict_stack(m, x, multiple=1, tta=True, **kw)
+    assert tta.shape == x.shape and tta.dtype == np.float32
+    np.testing.assert_allclose(tta, expected, atol=1e-5)
+    assert np.abs(predict_stack(m, x, multiple=1) - expected).max() > 1e-2  # TTA changes the result
+
+
+def test_tta_reference_catches_wrong_inversion():
+    # The reference above would fail an implementation that forgets to invert, or inverts
+    # a rotation in the wrong direction.
+    kernel = np.random.default_rng(3).normal(0, 2, (3, 3))
+    x = np.random.default_rng(4).random((1, 24, 24))
+    expected = np.mean([_np_conv(x, k) for k in _orbit(kernel)], axis=0)
+    f = lambda a: _np_conv(a, kernel)  # noqa: E731
+    flips = [lambda a: a, lambda a: a[..., ::-1]]
+    right = np.mean([fl(np.rot90(f(np.rot90(fl(x), r, (1, 2))), -r, (1, 2))) for fl in flips for r in range(4)], 0)
+    naive = np.mean([f(np.rot90(fl(x), r, (1, 2))) for fl in flips for r in range(4)], 0)
+    wrong_dir = np.mean([fl(np.rot90(f(np.rot90(fl(x), r, (1, 2))), r, (1, 2))) for fl in flips for r in range(4)], 0)
+    np.testing.assert_allclose(right, expected, atol=1e-12)
+    assert np.abs(naive - expected).max() > 1e-2 and np.abs(wrong_dir - expected).max() > 1e-2
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(tile=30), "multiple of the model stride 4"), (dict(tile=0), "positive multiple"),
+    (dict(tile=32, overlap=16), "< tile/2"), (dict(tile=32, overlap=-1), ">= 0"),
+    (dict(tile=32.0), "positive multiple"), (dict(batch_size=0), "batch_size"),
+])
+def test_predict_stack_bad_tile_arguments(kw, message):
+    m = build_unet(filters=4, depth=2)
+    with pytest.raises(InputError, match=message):
+        predict_stack(m, np.zeros((1, 16, 16), np.float32), **kw)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    import tifffile
+
+    d = tmp_path_factory.mktemp("cli")
+    build_unet(filters=4, depth=2).save(d / "m.keras")
+    x = np.random.default_rng(5).random((2, 40, 52))
+    tifffile.imwrite(d / "x.tif", (x * 255).astype(np.uint8))
+    return d
+
+
+def test_cli_predict_tile_and_tta(cli_files, capsys):
+    d = cli_files
+    base = ["--model", str(d / "m.keras"), "--images", str(d / "x.tif")]
+    assert run_cli(predict_main, base + ["--out", str(d / "whole.npy")]) == 0
+    assert run_cli(predict_main, base + ["--out", str(d / "t.npy"), "--tile", "32", "--overlap", "8",
+                                         "--tta", "--batch-size", "4"]) == 0
+    from em_keras.data import read_stack
+
+    m, x = load_model(str(d / "m.keras")), read_stack(str(d / "x.tif"))
+    np.testing.assert_array_equal(np.load(d / "whole.npy"), predict_stack(m, x))
+    expected = predict_stack(m, x, tile=32, overlap=8, tta=True, batch_size=4)
+    assert expected.shape == (2, 40, 52)
+    np.testing.assert_array_equal(np.load(d / "t.npy"), expected)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tile", "30"], "--tile 30: must be a multiple of the model stride 4"),
+    (["--tile", "-8"], "--tile -8: must be positive"),
+    (["--tile", "32", "--overlap", "16"], "--overlap 16: must be >= 0 and < --tile/2"),
+    (["--tile", "32", "--overlap", "-1"], "--overlap -1"),
+    (["--overlap", "8"], "--overlap needs --tile"),
+])
+def test_cli_predict_bad_tile_flags(cli_files, capsys, flags, message):
+    d = cli_files
+    argv = ["--model", str(d / "m.keras"), "--images", str(d / "x.tif"), "--out", str(d / "bad.npy")] + flags
+    assert run_cli(predict_main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (d / "bad.npy").exists()

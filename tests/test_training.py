@@ -1,0 +1,304 @@
+"""End-to-end training at tiny size, and robustness (issue #7): outputs, collapse,
+NaN, kill -9 and resume, reproducibility.
+
+Every run is a 4- or 8-filter, depth-2 U-Net on 32x32 crops of a 6-slice synthetic
+stack, a few steps long.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tifffile
+
+from em_keras import training
+from em_keras.atomic import atomic_dir, atomic_path
+from em_keras.data import synthetic_em
+from em_keras.errors import InputError, TrainingError, run_cli
+from em_keras.training import TrainConfig, read_backup, train, truncate_history
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stack")
+    images, labels = synthetic_em(n=6, size=32, seed=3)
+    tifffile.imwrite(d / "train-volume.tif", (images * 255).astype(np.uint8))
+    tifffile.imwrite(d / "train-labels.tif", (labels * 255).astype(np.uint8))
+    return d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _op_determinism_off_afterwards():
+    """--deterministic turns TF op determinism on for the whole process: turn it off again."""
+    yield
+    from tensorflow.python.framework import config
+
+    config.disable_op_determinism()
+
+
+def tiny(stack, out, **kw):
+    values = dict(data=str(stack), out=str(out), filters=4, depth=2, crop=32, epochs=2, steps_per_epoch=2,
+                  batch_size=2, seed=7, deterministic=True, verbose=0)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def history_epochs(out):
+    with open(os.path.join(out, "history.csv"), newline="") as fh:
+        return [int(row["epoch"]) for row in csv.DictReader(fh)]
+
+
+def load(path):
+    return keras.saving.load_model(str(path))  # no custom_objects: em_keras registers its own
+
+
+def leftovers(out):
+    return [e for _, dirs, files in os.walk(out) for e in dirs + files if e.startswith(".tmp-")]
+
+
+class PushToCell(keras.callbacks.Callback):
+    """After the very last training step, add +5 to the output bias: a model that
+    predicts "cell" for every pixel (a degenerate collapse), saved as last.keras."""
+
+    def __init__(self, last_step):
+        super().__init__()
+        self.step, self.last_step = 0, last_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step == self.last_step:
+            bias = self.model.layers[-1].bias
+            bias.assign(bias + 5.0)
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Set the first kernel to NaN after step ``step`` of epoch ``epoch`` (0-based):
+    the loss of the next step is NaN, as after a divergent update."""
+
+    def __init__(self, epoch, step):
+        super().__init__()
+        self.at, self.epoch = (epoch, step), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            kernel = self.model.trainable_weights[0]
+            kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+
+# --------------------------------------------------------------------------- one full run
+
+
+@pytest.fixture(scope="module")
+def run(stack, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    lines = []
+    result = train(tiny(stack, out), log=lines.append, callbacks=[PushToCell(last_step=4)])
+    return out, result, lines
+
+
+def test_run_writes_every_output(run):
+    out, result, _ = run
+    for name in ("last.keras", "best.keras", "history.csv", "probs.npy", "metrics.json", "run.json",
+                 "figures/slice_05.png", "saved_model/saved_model.pb", "logs"):
+        assert os.path.exists(out / name), name
+    assert not os.path.exists(out / "backup")  # removed once the run is done
+    assert leftovers(out) == []
+    assert history_epochs(out) == [0, 1]
+    probs = np.load(out / "probs.npy")
+    assert probs.dtype == np.float32 and probs.shape == (1, 32, 32)  # held-out slice 5 of 6
+    assert 0 <= probs.min() and probs.max() <= 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("pixel_accuracy", "membrane_f1", "membrane_iou", "cell_accuracy", "membrane_accuracy",
+                "v_rand", "v_info", "threshold", "held_out_slices", "train_seconds"):
+        assert key in metrics, key
+    assert metrics["held_out_slices"] == [5] and metrics == json.loads(json.dumps(result))
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "done" and info["epochs_completed"] == 2 and "resumed_from_epoch" not in info
+    assert info["command"] and info["config"]["filters"] == 4 and info["config"]["lr"] == 1e-3  # preset value
+    assert {"em_keras", "python", "tensorflow", "keras", "numpy"} <= set(info["versions"])
+    assert os.stat(out / "metrics.json").st_mode & 0o044  # readable by others, like any other file
+    iterations = int(load(out / "last.keras").optimizer.iterations)
+    assert iterations == 2 * 2
+
+
+def test_saved_model_serves_float32_nhw1_like_last_keras(run):
+    import tensorflow as tf
+
+    from em_keras.data import read_stack
+
+    out, _, _ = run
+    x = read_stack(json.loads((out / "run.json").read_text())["data"])[5:6, :, :, None]  # held-out slice
+    served = tf.saved_model.load(str(out / "saved_model")).serve(tf.constant(x, tf.float32))
+    served = np.asarray(served)
+    assert served.dtype == np.float32 and served.shape == (1, 32, 32, 1)
+    keras_probs = load(out / "last.keras").predict(x, verbose=0)
+    np.testing.assert_allclose(served, keras_probs, atol=1e-6)
+    np.testing.assert_allclose(served[..., 0], np.load(out / "probs.npy"), atol=1e-6)
+
+
+def test_collapse_is_flagged_in_metrics_and_console(run):
+    out, result, lines = run
+    assert result["collapsed"] == "all pixels predicted as cell"
+    assert json.loads((out / "metrics.json").read_text())["collapsed"] == result["collapsed"]
+    assert any(line.startswith("warning: the model predicts cell for 100.0%") for line in lines)
+
+
+def test_finished_run_is_not_overwritten(run, stack):
+    out = run[0]
+    with pytest.raises(InputError, match="finished run"):
+        train(tiny(stack, out), log=lambda *a: None)
+
+
+def test_seed_and_determinism_give_identical_weights(run, stack, tmp_path):
+    """Same --seed with --deterministic: bit-identical weights and history after 4 steps (CPU)."""
+    out = tmp_path / "again"
+    train(tiny(stack, out), log=lambda *a: None, callbacks=[PushToCell(last_step=4)])
+    first, second = load(run[0] / "last.keras").get_weights(), load(out / "last.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    assert (run[0] / "history.csv").read_text() == (out / "history.csv").read_text()
+
+
+# --------------------------------------------------------------------------- NaN
+
+
+def test_nan_stops_with_epoch_step_and_lr_then_resumes_with_lower_lr(stack, tmp_path):
+    out = tmp_path / "nan"
+    cfg = tiny(stack, out, epochs=3, lr=1e-3, lr_schedule="constant")
+    with pytest.raises(TrainingError) as err:
+        train(cfg, log=lambda *a: None, callbacks=[PoisonWeights(epoch=1, step=0)])
+    msg = str(err.value)
+    assert "epoch 2, step 2" in msg and "--lr" in msg and "last good checkpoint" in msg and "\n" not in msg
+    assert json.loads((out / "run.json").read_text())["status"] == "diverged"
+    last = load(out / "last.keras")  # the epoch-1 checkpoint survived
+    assert all(np.all(np.isfinite(w)) for w in last.get_weights())
+    assert int(last.optimizer.iterations) == 2
+    assert read_backup(str(out / "backup"))["epoch"] == 1
+    # Rerunning with a lower --lr continues from the last good epoch, with that --lr.
+    train(tiny(stack, out, epochs=3, lr=1e-4, lr_schedule="constant"), log=lambda *a: None)
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "done" and info["resumed_from_epoch"] == 1
+    assert history_epochs(out) == [0, 1, 2]  # the NaN epoch's row was dropped and re-run
+    last = load(out / "last.keras")
+    assert int(last.optimizer.iterations) == 3 * 2
+    assert float(last.optimizer.learning_rate) == pytest.approx(1e-4)
+
+
+def test_too_high_lr_exits_3_with_one_line(stack, tmp_path, capsys):
+    argv = ["--data", str(stack), "--out", str(tmp_path / "lr"), "--filters", "4", "--depth", "2", "--crop", "32",
+            "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--lr", "1e30", "--verbose", "0"]
+    assert run_cli(training.main, argv) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("training failed: ")
+    assert "epoch 1, step " in err and "--lr 1e+30" in err and "no checkpoint" in err
+    assert not os.path.exists(tmp_path / "lr" / "last.keras")
+
+
+# --------------------------------------------------------------------------- kill -9 and resume
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume(stack, tmp_path):
+    out = tmp_path / "killed"
+    epochs, steps = 3, 40
+    cmd = [sys.executable, "train_unet.py", "--data", str(stack), "--out", str(out), "--filters", "4",
+           "--depth", "2", "--crop", "32", "--batch-size", "2", "--epochs", str(epochs),
+           "--steps-per-epoch", str(steps), "--verbose", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while (read_backup(str(out / "backup")) or {}).get("epoch", 0) < 1:  # epoch 1 committed
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no epoch finished in time"
+            time.sleep(0.02)
+        time.sleep(0.3)  # into epoch 2
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_at = read_backup(str(out / "backup"))["epoch"]
+    assert 1 <= killed_at < epochs
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+
+    r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "done" and info["resumed_from_epoch"] == killed_at
+    assert info["epochs_completed"] == epochs
+    assert history_epochs(out) == list(range(epochs))  # each epoch exactly once
+    for name in ("last.keras", "best.keras"):  # whole, loadable checkpoints
+        load(out / name)
+    assert int(load(out / "last.keras").optimizer.iterations) == epochs * steps
+    assert not os.path.exists(out / "backup") and leftovers(out) == []
+    assert "pixel_accuracy" in json.loads((out / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_truncate_history_drops_rerun_epochs_and_partial_rows(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\r\n0,0.5,0.6\r\n1,0.4,0.5\r\n2,0.3,0.4\r\n1,0.4,0.5\r\n3,0.2")
+    kept = truncate_history(str(path), 2)
+    assert [row["epoch"] for row in kept] == ["0", "1"]
+    assert history_epochs(tmp_path) == [0, 1]
+    assert truncate_history(str(path), 0) == [] and not path.exists()
+
+
+def _tiny_dense():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    return model
+
+
+def test_backup_is_atomic_and_falls_back_to_the_previous_state(tmp_path):
+    cls = training._callback_classes()["SafeBackupAndRestore"]
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+    backup = str(tmp_path / "backup")
+    model = _tiny_dense()
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+              callbacks=[cls(backup, double_checkpoint=True, delete_checkpoint=False)])
+    meta = read_backup(backup)
+    assert meta["epoch"] == 2 and meta["previous"]["epoch"] == 1
+    assert sorted(os.listdir(backup)) == sorted(["training_metadata.json", meta["weights"],
+                                                 meta["previous"]["weights"]])
+    # A NaN epoch is never backed up.
+    cb = cls(backup, double_checkpoint=True)
+    cb.set_model(model)
+    cb.on_epoch_end(2, {"loss": float("nan")})
+    assert read_backup(backup) == meta
+    # A damaged current state: restore the previous one (epoch 1) and re-run epochs 1 and 2.
+    current = os.path.join(backup, meta["weights"])
+    with open(current, "r+b") as fh:
+        fh.truncate(100)
+    model = _tiny_dense()
+    history = model.fit(x, y, batch_size=4, epochs=3, verbose=0,
+                        callbacks=[cls(backup, double_checkpoint=True, delete_checkpoint=False)])
+    assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations) == 3 * 2
+
+
+def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["x.json"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "saved_model") as tmp:
+            open(os.path.join(tmp, "saved_model.pb"), "w").close()
+            raise RuntimeError("killed mid-export")
+    assert os.listdir(tmp_path) == ["x.json"]

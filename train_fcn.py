@@ -1,0 +1,10 @@
+#!/usr/bin/env python
+"""Train an FCN-32s/16s/8s (VGG16 backbone) on EM slices. See ``python train_fcn.py --help`` and README.md."""
+
+import sys
+
+from em_keras.errors import run_cli
+from em_keras.training import main
+
+if __name__ == "__main__":
+    sys.exit(run_cli(lambda argv: main(argv, model="fcn")))
