@@ -69,9 +69,17 @@ def _read_raw(path):
     lower = path.lower()
     try:
         if lower.endswith((".tif", ".tiff")):
+            import logging
+
             import tifffile
 
-            arr = tifffile.imread(path)
+            tiff_log = logging.getLogger("tifffile")
+            level = tiff_log.level
+            tiff_log.setLevel(logging.CRITICAL)  # a corrupt file is reported once, as the InputError below
+            try:
+                arr = tifffile.imread(path)
+            finally:
+                tiff_log.setLevel(level)
         elif lower.endswith(".png"):
             from PIL import Image
 
@@ -369,18 +377,18 @@ def synthetic_em(n=4, size=64, cells=None, membrane_width=2, seed=0):
     ((2, 32, 32), 'uint8', [0, 1])
     """
     from scipy import ndimage
+    from scipy.spatial import cKDTree
 
     h, w = (size, size) if np.isscalar(size) else size
     rng = np.random.default_rng(seed)
     if cells is None:
         cells = max(4, (h * w) // (24 * 24))
-    yy, xx = np.mgrid[0:h, 0:w]
+    grid = np.stack(np.mgrid[0:h, 0:w], axis=-1).reshape(-1, 2).astype(np.float64)
     images = np.empty((n, h, w), np.float32)
     labels = np.empty((n, h, w), np.uint8)
     for k in range(n):
         pts = rng.uniform(0, 1, (cells, 2)) * [h, w]
-        d = (yy[..., None] - pts[:, 0]) ** 2 + (xx[..., None] - pts[:, 1]) ** 2
-        region = np.argmin(d, axis=-1)
+        region = cKDTree(pts).query(grid)[1].reshape(h, w)
         edge = np.zeros((h, w), bool)
         edge[:-1] |= region[:-1] != region[1:]
         edge[1:] |= region[:-1] != region[1:]

@@ -51,6 +51,10 @@ def load_model(path):
         return _SavedModelRunner(loaded)
     if not path.endswith(".keras"):
         raise InputError(f"{path}: expected a .keras file or a SavedModel directory")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # keras would report "File not found" for it
+        raise InputError(f"{path}: cannot load model (not a .keras zip archive; truncated or corrupt?)")
     import keras
 
     from . import losses, metrics  # noqa: F401  (registers the serializable objects)

@@ -90,6 +90,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = None
     threshold: float = 0.5
+    tta: bool = None
     verbose: int = 2
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -103,14 +104,14 @@ PRESETS = {
             optimizer="adam", lr=1e-5, lr_schedule="constant", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=2, crop=None, size=512, augment=True, rot90=False,
             vertical_flip=False, elastic=0.0, epochs=20, steps_per_epoch=300, seed=0,
-            jit_compile=False,
+            jit_compile=False, tta=False,
         ),
         "cpu": dict(
             filters=16, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
             optimizer="adam", lr=1e-3, lr_schedule="cosine", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=4, crop=256, size=None, augment=True, rot90=True,
             vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=50, seed=0,
-            jit_compile=False,
+            jit_compile=False, tta=True,
         ),
     },
 }
@@ -800,9 +801,9 @@ def train(cfg, log=print, callbacks=()):
     if cfg.out is None:
         raise InputError("--out is required")
     has_backup = _check_out(cfg)
-    if has_backup and not cfg.resume:
-        log(f"note: {cfg.out} holds an interrupted run; resuming it from epoch "
-            f"{read_backup(os.path.join(cfg.out, 'backup'))['epoch']} (BackupAndRestore)")
+    if has_backup:
+        log(f"note: resuming the interrupted run in {cfg.out} after epoch "
+            f"{read_backup(os.path.join(cfg.out, 'backup'))['epoch']} of {cfg.epochs} (BackupAndRestore)")
     elif cfg.resume and not has_backup:
         log(f"note: nothing to resume in {cfg.out}; starting a new run")
 
@@ -898,10 +899,16 @@ def train(cfg, log=print, callbacks=()):
     probs = predict_stack(model, x_val, multiple=mult)
     if cfg.size is not None:
         log("note: trained on resized slices; predicting held-out slices at full size")
+    plain = None
+    if cfg.tta:  # average over the 8 flips/rotations; the plain scores are kept beside
+        plain = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
+        probs = predict_stack(model, x_val, multiple=mult, tta=True)
     table = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
     result = {"held_out_slices": val, "threshold": cfg.threshold, **table,
               "train_seconds": round(train_seconds, 1), "train_minutes": round(train_seconds / 60, 2),
-              "checkpoint": "last"}
+              "checkpoint": "last", "tta": bool(cfg.tta)}
+    if plain is not None:
+        result["without_tta"] = {k: plain[k] for k in ("pixel_accuracy", "cell_accuracy", "membrane_accuracy")}
     try:
         result.update({k: v for k, v in metrics_mod.isbi_evaluate(y_val, probs).items()
                        if np.isscalar(v)})
@@ -991,6 +998,8 @@ def build_parser(model="unet", description=None):
                    help="mixed_float16 on GPU, mixed_bfloat16 on CPU; heads stay float32")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None, help="XLA")
     g.add_argument("--threshold", type=float, default=0.5, help="P(cell) threshold for the metrics")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="score the held-out slices with 8-fold flip/rotation test-time augmentation")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",
