@@ -8,7 +8,7 @@ qubvel/segmentation_models ``_common_blocks.py``.
 import keras
 from keras import layers
 
-__all__ = ["conv_bn_relu", "conv_block", "up_block", "output_head"]
+__all__ = ["conv_bn_relu", "conv_block", "up_block", "output_head", "check_input_shape"]
 
 
 def conv_bn_relu(x, filters, name, kernel_size=3, batch_norm=False, activation="relu"):
@@ -99,3 +99,12 @@ def up_block(x, filters, name, mode="upsample", batch_norm=False):
 def output_head(x, name="head", classes=1):
     """1x1 convolution with a sigmoid, computed and returned in float32 (safe under mixed precision)."""
     return layers.Conv2D(classes, 1, activation="sigmoid", dtype="float32", name=name)(x)
+
+
+def check_input_shape(input_shape, depth):
+    """Raise ValueError unless ``depth >= 1`` and concrete sizes divide by ``2**depth``."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    for size in input_shape[:2]:
+        if size is not None and size % 2**depth:
+            raise ValueError(f"input size {size} is not divisible by 2**depth = {2 ** depth}")

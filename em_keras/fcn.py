@@ -223,16 +223,9 @@ def warm_start(model, source):
         If ``source`` is a path that cannot be loaded.
     """
     if not isinstance(source, keras.Model):
-        path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise InputError(f"--init-from {path}: file not found")
-        from . import losses, metrics  # noqa: F401  (registers the serializable objects)
+        from .predict import load_keras_file
 
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"--init-from {path}: cannot load model ({msg})") from None
+        source = load_keras_file(os.fspath(source), "--init-from")
     by_name = {layer.name: layer for layer in source.layers}
     copied = []
     for layer in model.layers:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "pad_to_multiple", "predict_stack", "model_multiple", "tile_starts", "blend_window",
+__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "model_multiple", "tile_starts", "blend_window",
            "dihedral_transforms"]
 
 
@@ -51,24 +51,39 @@ def load_model(path):
         return _SavedModelRunner(loaded)
     if not path.endswith(".keras"):
         raise InputError(f"{path}: expected a .keras file or a SavedModel directory")
-    import zipfile
-
-    if not zipfile.is_zipfile(path):  # keras would report "File not found" for it
-        raise InputError(f"{path}: cannot load model (not a .keras zip archive; truncated or corrupt?)")
-    import keras
-
-    from . import losses, metrics  # noqa: F401  (registers the serializable objects)
-
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path}: cannot load model ({msg})") from None
+    model = load_keras_file(path)
     if len(model.outputs) > 1:  # a deeply supervised U-Net++ checkpoint: average its heads
         from .unetpp import inference_model
 
         model = inference_model(model, "mean")
     return model
+
+
+def load_keras_file(path, flag=None):
+    """Load a ``.keras`` file (em_keras objects registered, ``compile=False``).
+
+    Raises
+    ------
+    InputError
+        One line naming ``flag`` and ``path`` when the file is missing, not a
+        ``.keras`` archive, or cannot be deserialised.
+    """
+    import zipfile
+
+    where = f"{flag} {path}" if flag else path
+    if not os.path.isfile(path):
+        raise InputError(f"{where}: file not found")
+    if not zipfile.is_zipfile(path):  # keras would report "File not found" for it
+        raise InputError(f"{where}: cannot load model (not a .keras zip archive; truncated or corrupt?)")
+    import keras
+
+    from . import losses, metrics  # noqa: F401  (registers the serializable objects)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{where}: cannot load model ({msg})") from None
 
 
 class _SavedModelRunner:

@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from .blocks import conv_block, output_head, up_block
+from .blocks import check_input_shape, conv_block, output_head, up_block
 
 __all__ = ["build_unet"]
 
@@ -52,11 +52,7 @@ def build_unet(input_shape=(None, None, 1), filters=64, depth=4, dropout=0.5, dr
     >>> model.output_shape
     (None, 32, 32, 1)
     """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    for size in input_shape[:2]:
-        if size is not None and size % 2**depth:
-            raise ValueError(f"input size {size} is not divisible by 2**depth = {2 ** depth}")
+    check_input_shape(input_shape, depth)
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     skips = []

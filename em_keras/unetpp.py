@@ -9,7 +9,7 @@ single-output one for prediction and export.
 import keras
 from keras import layers
 
-from .blocks import conv_block, output_head, up_block
+from .blocks import check_input_shape, conv_block, output_head, up_block
 
 __all__ = ["DS_MODES", "unetpp_body", "build_unetpp", "inference_model"]
 
@@ -108,11 +108,7 @@ def build_unetpp(input_shape=(None, None, 1), filters=32, depth=4, dropout=0.0, 
     """
     if ds_output not in DS_MODES:
         raise ValueError(f"ds_output must be one of {', '.join(DS_MODES)}, got {ds_output!r}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    for size in input_shape[:2]:
-        if size is not None and size % 2**depth:
-            raise ValueError(f"input size {size} is not divisible by 2**depth = {2 ** depth}")
+    check_input_shape(input_shape, depth)
     inputs = keras.Input(input_shape, name="image")
     top = unetpp_body(inputs, filters, depth, dropout, dropout_levels, batch_norm, upsampling)
     if not deep_supervision:
