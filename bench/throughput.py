@@ -269,34 +269,17 @@ def forward_flops(model, height, width):
 
 
 def compile_like_train(model, cfg, jit_compile, metrics=True, total_steps=1000):
-    """Compile ``model`` as ``em_keras.training.train`` does.
+    """Compile ``model`` as ``em_keras.training.train`` does (:func:`em_keras.training.compile_model`)."""
+    from em_keras.training import compile_model
 
-    The preset's optimizer, its loss and the five pixel metrics; a model with
-    several outputs (deep supervision) gets the loss on every output, averaged,
-    and the metrics on the last one.
-    """
-    from em_keras import losses, metrics as metrics_mod, training
-
-    loss, loss_weights = losses.get_loss(cfg.loss), None
-    metric_list = metrics_mod.default_metrics(cfg.threshold) if metrics else None
-    n_out = len(model.outputs)
-    if n_out > 1:
-        loss, loss_weights = [loss] * n_out, [1.0 / n_out] * n_out
-        metric_list = None if metric_list is None else [None] * (n_out - 1) + [metric_list]
-    model.compile(optimizer=training.make_optimizer(cfg, total_steps), loss=loss,
-                  loss_weights=loss_weights, metrics=metric_list, jit_compile=bool(jit_compile))
-    return model
+    return compile_model(model, cfg, total_steps, metrics=metrics, jit_compile=jit_compile)
 
 
 def replicate_targets(data, n_out):
     """Give every output of a multi-output model the same mask (dataset or generator)."""
-    if n_out == 1:
-        return data
-    import tensorflow as tf
+    from em_keras.training import replicate_targets as replicate
 
-    if isinstance(data, tf.data.Dataset):
-        return data.map(lambda x, y: (x, (y,) * n_out))
-    return ((x, (y,) * n_out) for x, y in data)
+    return replicate(data, n_out)
 
 
 # --------------------------------------------------------------------------

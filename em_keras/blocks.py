@@ -5,7 +5,6 @@ Every layer is named from the block's prefix (``{name}_conv1``, ``{name}_bn1``,
 qubvel/segmentation_models ``_common_blocks.py``.
 """
 
-import keras
 from keras import layers
 
 __all__ = ["conv_bn_relu", "conv_block", "up_block", "output_head", "check_input_shape"]

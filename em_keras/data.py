@@ -13,7 +13,6 @@ Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation
 algorithms for connectomics", Front. Neuroanat. 9:142 (2015).
 """
 
-import glob
 import os
 import re
 

@@ -38,6 +38,8 @@ __all__ = [
     "build_model",
     "make_optimizer",
     "make_callbacks",
+    "compile_model",
+    "replicate_targets",
     "train",
     "main",
     "AtomicModelCheckpoint",
@@ -369,6 +371,37 @@ def make_optimizer(cfg, total_steps):
     if cfg.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-4)
     return keras.optimizers.Adam(lr, weight_decay=wd)
+
+
+def compile_model(model, cfg, total_steps, metrics=True, jit_compile=None):
+    """Compile ``model`` with the run's optimizer, loss and pixel metrics.
+
+    A model with several outputs (deep supervision) gets the loss on every head,
+    averaged (``loss_weights = 1/n``), and the metrics on the last head; feed it
+    with :func:`replicate_targets`.
+    """
+    from . import losses as losses_mod
+    from . import metrics as metrics_mod
+
+    loss, loss_weights = losses_mod.get_loss(cfg.loss), None
+    metric_list = metrics_mod.default_metrics(cfg.threshold) if metrics else None
+    n_out = len(model.outputs)
+    if n_out > 1:
+        loss, loss_weights = [loss] * n_out, [1.0 / n_out] * n_out
+        metric_list = None if metric_list is None else [None] * (n_out - 1) + [metric_list]
+    jit = cfg.jit_compile if jit_compile is None else jit_compile
+    model.compile(optimizer=make_optimizer(cfg, total_steps), loss=loss, loss_weights=loss_weights,
+                  metrics=metric_list, jit_compile=bool(jit))
+    return model
+
+
+def replicate_targets(data, n_out):
+    """Give every output of an ``n_out``-output model the same mask (tf.data or a generator)."""
+    if n_out == 1:
+        return data
+    if hasattr(data, "map") and hasattr(data, "element_spec"):
+        return data.map(lambda x, y: (x, (y,) * n_out))
+    return ((x, (y,) * n_out) for x, y in data)
 
 
 def _finite(logs, keys=("loss",)):
@@ -810,7 +843,6 @@ def train(cfg, log=print, callbacks=()):
     import keras
     import tensorflow as tf
 
-    from . import losses as losses_mod
     from . import metrics as metrics_mod
     from .predict import pad_to_multiple, predict_stack
 
@@ -853,23 +885,9 @@ def train(cfg, log=print, callbacks=()):
     vy, _ = pad_to_multiple(y_val, mult)
     val_ds = data_mod.make_eval_dataset(vx, vy, batch_size=1, size=cfg.size)
 
-    model = build_model(cfg)
-    total_steps = cfg.epochs * cfg.steps_per_epoch
-    loss, loss_weights = losses_mod.get_loss(cfg.loss), None
-    metrics = metrics_mod.default_metrics(cfg.threshold)
-    n_out = len(model.outputs)
-    if n_out > 1:  # deep supervision: y for every head, loss averaged over heads, metrics on the last
-        train_ds = train_ds.map(lambda x, y: (x, (y,) * n_out))
-        val_ds = val_ds.map(lambda x, y: (x, (y,) * n_out))
-        loss, loss_weights = [loss] * n_out, [1.0 / n_out] * n_out
-        metrics = [None] * (n_out - 1) + [metrics]
-    model.compile(
-        optimizer=make_optimizer(cfg, total_steps),
-        loss=loss,
-        loss_weights=loss_weights,
-        metrics=metrics,
-        jit_compile=bool(cfg.jit_compile),
-    )
+    model = compile_model(build_model(cfg), cfg, cfg.epochs * cfg.steps_per_epoch)
+    train_ds = replicate_targets(train_ds, len(model.outputs))
+    val_ds = replicate_targets(val_ds, len(model.outputs))
     own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info)
     log(f"training {cfg.model} ({model.count_params():,} parameters, preset {cfg.preset}) on "
         f"{len(x_tr)} slices from {source}; held out {val[0]}-{val[-1]}" if val == list(range(val[0], val[-1] + 1))
