@@ -252,7 +252,7 @@ PRESETS["unetpp"] = {
         filters=16, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
         deep_supervision=True, ds_predict="mean", optimizer="adam", lr=1e-3, lr_schedule="cosine",
         momentum=0.9, weight_decay=0.0, loss="bce_dice", batch_size=4, crop=256, size=None,
-        augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=24,
+        augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=18,
         seed=0, jit_compile=False, tta=True,
     ),
 }
