@@ -1,9 +1,10 @@
-"""Command line: ``python -m em_keras {predict,evaluate,train,synth} ...``.
+"""Command line: ``python -m em_keras {predict,evaluate,train,synth,report} ...``.
 
 Examples
 --------
 python -m em_keras predict --model runs/unet/last.keras --images test-volume.tif --out probs.npy
 python -m em_keras evaluate --probs runs/unet/probs.npy --labels train-labels.tif --slices 20-24
+python -m em_keras report --data ../shared/data/isbi2012 --only unet,unetpp --crf unet
 """
 
 import os
@@ -13,7 +14,7 @@ import numpy as np
 
 from .errors import ArgumentParser, InputError, run_cli
 
-__all__ = ["main", "predict_main", "evaluate_main", "load_probs"]
+__all__ = ["main", "predict_main", "evaluate_main", "report_main", "load_probs"]
 
 
 def load_probs(path):
@@ -167,7 +168,15 @@ def synth_main(argv):
     return 0
 
 
-COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main, "synth": synth_main}
+def report_main(argv):
+    """``python -m em_keras report``: the experiment matrix and the results page."""
+    from .report import main as report_entry
+
+    return report_entry(argv)
+
+
+COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main, "synth": synth_main,
+            "report": report_main}
 
 
 def main(argv=None):

@@ -655,7 +655,8 @@ def _build_parser():
     gs.add_argument("--save-best", metavar="BEST.json", help="write the best setting and its scores as JSON")
     gs.add_argument("--top", type=int, default=10, help="rows of the ranked table (default %(default)d)")
     run = ap.add_argument_group("run")
-    run.add_argument("--jobs", type=int, default=1, help="worker processes, one slice each (0 = all cores)")
+    run.add_argument("--jobs", type=int, default=0,
+                     help="worker processes, one slice each (default 0 = all cores; 1 = no subprocesses)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     return ap

@@ -40,6 +40,9 @@ __all__ = [
     "make_callbacks",
     "compile_model",
     "replicate_targets",
+    "STRATEGIES",
+    "make_strategy",
+    "weights_digest",
     "train",
     "main",
     "AtomicModelCheckpoint",
@@ -71,6 +74,7 @@ class TrainConfig:
     rot90: bool = None
     vertical_flip: bool = None
     elastic: float = None
+    border_weight: float = None  # U-Net paper weight map w0 (0 = plain loss), sigma 5 px
     crop: int = None
     size: int = None
     filters: int = None
@@ -91,6 +95,7 @@ class TrainConfig:
     deterministic: bool = False
     mixed_precision: bool = False
     jit_compile: bool = None
+    strategy: str = "default"  # "default", "mirrored" or "multiworker" (tf.distribute)
     threshold: float = 0.5
     tta: bool = None
     verbose: int = 2
@@ -337,6 +342,8 @@ def resolve_config(cfg):
         raise InputError(f"--threshold must be in (0, 1), got {out.threshold}")
     if out.elastic is not None and not (out.elastic >= 0 and math.isfinite(out.elastic)):
         raise InputError(f"--elastic must be >= 0, got {out.elastic}")
+    if out.border_weight is not None and not (out.border_weight >= 0 and math.isfinite(out.border_weight)):
+        raise InputError(f"--border-weight must be >= 0, got {out.border_weight}")
     if out.seed is not None and not 0 <= out.seed < 2 ** 32:
         raise InputError(f"--seed must be in [0, 2^32), got {out.seed}")
     from .losses import LOSSES
@@ -400,8 +407,8 @@ def replicate_targets(data, n_out):
     if n_out == 1:
         return data
     if hasattr(data, "map") and hasattr(data, "element_spec"):
-        return data.map(lambda x, y: (x, (y,) * n_out))
-    return ((x, (y,) * n_out) for x, y in data)
+        return data.map(lambda x, y, *w: (x, (y,) * n_out, *[(v,) * n_out for v in w]))
+    return ((x, (y,) * n_out, *[(v,) * n_out for v in w]) for x, y, *w in data)
 
 
 def _finite(logs, keys=("loss",)):
@@ -626,7 +633,103 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-def make_callbacks(cfg, out, run_info):
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def make_strategy(name):
+    """The ``tf.distribute`` strategy for ``--strategy`` and whether this process is the chief.
+
+    ``multiworker`` reads the cluster from ``$TF_CONFIG``; the chief is the task of
+    type ``chief``, or worker 0 when there is none. Create it before any other
+    TensorFlow op runs in the process.
+
+    Returns
+    -------
+    (tf.distribute.Strategy, bool)
+    """
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise InputError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    if name == "default":
+        return tf.distribute.get_strategy(), True
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(), True
+    if not os.environ.get("TF_CONFIG"):
+        raise InputError("--strategy multiworker needs $TF_CONFIG (cluster and task); see the README")
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        task = tf_config["task"]
+        cluster = tf_config["cluster"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError("$TF_CONFIG: expected JSON with 'cluster' and 'task' entries") from None
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    chief = task.get("type") == "chief" or (task.get("type") == "worker" and int(task.get("index", 0)) == 0
+                                             and "chief" not in cluster)
+    return strategy, chief
+
+
+def weights_digest(model):
+    """SHA-256 of all weights in order: equal digests mean identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log):
+    """Training loop for MultiWorkerMirroredStrategy.
+
+    Keras 3's ``fit`` cannot run under this strategy (it reduces scalar logs over
+    axis 0: tensorflow/tensorflow#72388), so each worker runs the model's own
+    ``train_step`` through ``strategy.run``; gradients are all-reduced by the
+    optimizer. The chief writes ``history.csv`` (training loss) and ``last.keras``
+    after every epoch and ``best.keras`` (= last; no per-epoch validation) at the end.
+    """
+    import tensorflow as tf
+
+    from .atomic import save_json
+
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(train_ds)))  # metrics/optimizer variables, cross-replica
+    model.make_train_function = None
+    dist = iter(strategy.experimental_distribute_dataset(train_ds))
+
+    @tf.function
+    def step(iterator):
+        logs = strategy.run(model.train_step, args=(next(iterator),))
+        return strategy.experimental_local_results(logs["loss"])[0]
+
+    history = os.path.join(cfg.out, "history.csv")
+    if chief:
+        with open(history, "w") as fh:
+            fh.write("epoch,loss\n")
+    for epoch in range(cfg.epochs):
+        for _ in range(cfg.steps_per_epoch):
+            loss = float(step(dist))
+            if not math.isfinite(loss):
+                guard.where, guard.what = (epoch + 1, _ + 1), "loss"
+                return
+        if cfg.verbose:
+            log(f"epoch {epoch + 1}/{cfg.epochs} - loss {loss:.4f}")
+        if chief:
+            with open(history, "a") as fh:
+                fh.write(f"{epoch},{loss!r}\n")
+            from .atomic import atomic_path
+
+            with atomic_path(os.path.join(cfg.out, "last.keras")) as tmp:
+                model.save(tmp)
+            run_info["epochs_completed"] = epoch + 1
+            save_json(os.path.join(cfg.out, "run.json"), run_info)
+    if chief:
+        import shutil
+
+        shutil.copyfile(os.path.join(cfg.out, "last.keras"), os.path.join(cfg.out, "best.keras"))
+
+
+def make_callbacks(cfg, out, run_info, chief=True):
     """Checkpoints, backup, CSV and TensorBoard logs, NaN handling.
 
     The order matters for a kill at any point: at the end of an epoch the history
@@ -639,6 +742,8 @@ def make_callbacks(cfg, out, run_info):
     cls = _callback_classes()
     ckpt = cls["AtomicModelCheckpoint"]
     guard = cls["NaNGuard"]()
+    if not chief:  # multi-worker: only the chief writes checkpoints, logs and backups
+        return [guard, keras.callbacks.TerminateOnNaN()], guard
     callbacks = [
         guard,
         keras.callbacks.TerminateOnNaN(),
@@ -833,7 +938,13 @@ def train(cfg, log=print, callbacks=()):
         raise InputError(f"--crop {cfg.crop} is larger than the slices ({x_tr.shape[1]}x{x_tr.shape[2]})")
     if cfg.out is None:
         raise InputError("--out is required")
-    has_backup = _check_out(cfg)
+    if cfg.strategy == "multiworker" and cfg.resume:
+        raise InputError("--resume is not supported with --strategy multiworker (only the chief keeps a backup)")
+
+    import tensorflow as tf
+
+    strategy, chief = make_strategy(cfg.strategy)  # before any other TF op (multi-worker)
+    has_backup = _check_out(cfg) if chief else False
     if has_backup:
         log(f"note: resuming the interrupted run in {cfg.out} after epoch "
             f"{read_backup(os.path.join(cfg.out, 'backup'))['epoch']} of {cfg.epochs} (BackupAndRestore)")
@@ -841,7 +952,6 @@ def train(cfg, log=print, callbacks=()):
         log(f"note: nothing to resume in {cfg.out}; starting a new run")
 
     import keras
-    import tensorflow as tf
 
     from . import metrics as metrics_mod
     from .predict import pad_to_multiple, predict_stack
@@ -852,9 +962,10 @@ def train(cfg, log=print, callbacks=()):
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy(_mixed_policy())
 
-    os.makedirs(cfg.out, exist_ok=True)
-    _remove_stale_temporaries(cfg.out)
-    backup_meta = read_backup(os.path.join(cfg.out, "backup"))
+    if chief:
+        os.makedirs(cfg.out, exist_ok=True)
+        _remove_stale_temporaries(cfg.out)
+    backup_meta = read_backup(os.path.join(cfg.out, "backup")) if chief else None
     start_epoch = int(backup_meta["epoch"]) if backup_meta else 0
     run_info = {
         "command": [os.path.basename(sys.argv[0])] + sys.argv[1:],
@@ -869,7 +980,12 @@ def train(cfg, log=print, callbacks=()):
     }
     if backup_meta:
         run_info["resumed_from_epoch"] = start_epoch
-    save_json(os.path.join(cfg.out, "run.json"), run_info)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.strategy != "default":
+        run_info["strategy"] = {"name": cfg.strategy, "replicas": replicas,
+                                "global_batch_size": cfg.batch_size * replicas}
+    if chief:
+        save_json(os.path.join(cfg.out, "run.json"), run_info)
 
     augmenter = None
     if cfg.augment:
@@ -877,26 +993,48 @@ def train(cfg, log=print, callbacks=()):
 
         augmenter = Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
                               elastic_alpha=cfg.elastic or 0.0)
+    # Global batch = per-replica batch x replicas; tf.distribute splits it.
+    weights = None
+    if cfg.border_weight:
+        t_w = time.time()
+        weights = np.stack([data_mod.border_weight_map(lab, w0=cfg.border_weight) for lab in y_tr])
+        log(f"border weight maps (w0 {cfg.border_weight:g}, sigma 5): {time.time() - t_w:.1f} s, "
+            f"mean weight {weights.mean():.2f}")
     train_ds = data_mod.make_train_dataset(
-        x_tr, y_tr, batch_size=cfg.batch_size, crop=cfg.crop, size=cfg.size,
-        augmenter=augmenter, seed=cfg.seed,
+        x_tr, y_tr, batch_size=cfg.batch_size * replicas, crop=cfg.crop, size=cfg.size,
+        augmenter=augmenter, seed=cfg.seed, weights=weights,
     )
     vx, _ = pad_to_multiple(x_val, mult)
     vy, _ = pad_to_multiple(y_val, mult)
-    val_ds = data_mod.make_eval_dataset(vx, vy, batch_size=1, size=cfg.size)
+    val_ds = data_mod.make_eval_dataset(vx, vy, batch_size=replicas, size=cfg.size)
+    if cfg.strategy == "multiworker":  # in-memory data: shard elements, not files
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
 
-    model = compile_model(build_model(cfg), cfg, cfg.epochs * cfg.steps_per_epoch)
+    with strategy.scope():
+        model = compile_model(build_model(cfg), cfg, cfg.epochs * cfg.steps_per_epoch)
     train_ds = replicate_targets(train_ds, len(model.outputs))
     val_ds = replicate_targets(val_ds, len(model.outputs))
-    own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info)
+    own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info, chief=chief)
     log(f"training {cfg.model} ({model.count_params():,} parameters, preset {cfg.preset}) on "
         f"{len(x_tr)} slices from {source}; held out {val[0]}-{val[-1]}" if val == list(range(val[0], val[-1] + 1))
         else f"training {cfg.model} on {len(x_tr)} slices; held out {val}")
     t0 = time.time()
-    model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
-              validation_data=val_ds, callbacks=own_callbacks + list(callbacks), verbose=cfg.verbose,
-              shuffle=False)
+    if cfg.strategy == "multiworker":
+        _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, own_callbacks[0], log)
+    else:
+        model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                  validation_data=val_ds, callbacks=own_callbacks + list(callbacks), verbose=cfg.verbose,
+                  shuffle=False)
     train_seconds = time.time() - t0
+    if replicas > 1 or not chief:
+        log(f"weights sha256 {weights_digest(model)} ({'chief' if chief else 'worker'}, {replicas} replicas)")
+    if not chief:  # the chief evaluates and writes every output
+        return {}
+    if cfg.strategy == "multiworker" and guard.where is None:
+        # Evaluate and export a plain copy: the distributed model's predict would need every worker.
+        model = keras.saving.load_model(os.path.join(cfg.out, "last.keras"))
     if guard.where is not None:
         epoch, step = guard.where
         run_info["status"] = "diverged"
@@ -1004,6 +1142,9 @@ def build_parser(model="unet", description=None):
                    help="also random 90-degree rotations")
     g.add_argument("--vertical-flip", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--elastic", type=float, help="elastic deformation std in pixels (0 = off)")
+    g.add_argument("--border-weight", type=float, metavar="W0",
+                   help="weight the loss with the U-Net paper's map, 1 + W0 exp(-(d1+d2)^2 / 50) on "
+                        "membrane pixels between cells (W0 10 in the paper; 0 = off)")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--crop", type=int, help="train on random crops of this size")
     size.add_argument("--size", type=int, help="train on whole slices resized to this size")
@@ -1015,6 +1156,9 @@ def build_parser(model="unet", description=None):
     g.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 on GPU, mixed_bfloat16 on CPU; heads stay float32")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None, help="XLA")
+    g.add_argument("--strategy", default="default", choices=STRATEGIES,
+                   help="tf.distribute: one device, MirroredStrategy over the local GPUs, or "
+                        "MultiWorkerMirroredStrategy over the workers in $TF_CONFIG; --batch-size is per replica")
     g.add_argument("--threshold", type=float, default=0.5, help="P(cell) threshold for the metrics")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="score the held-out slices with 8-fold flip/rotation test-time augmentation")

@@ -140,3 +140,39 @@ def test_real_isbi_files_have_the_documented_layout(real_data):
     assert images.shape[1:] == (512, 512) and len(images) >= 25
     assert 0.15 < 1 - labels.mean() < 0.3  # about 22% membrane
     assert data.default_val_slices(len(images)) == list(range(len(images) - 5, len(images)))
+
+
+def test_border_weight_map_matches_the_unet_formula_by_hand():
+    from em_keras.data import border_weight_map
+
+    lab = np.ones((3, 7), np.uint8)
+    lab[:, 3] = 0  # two cells, a 1-pixel membrane
+    w = border_weight_map(lab, w0=10, sigma=5)
+    assert w.dtype == np.float32 and w.shape == lab.shape
+    np.testing.assert_allclose(w[:, 3], 1 + 10 * np.exp(-(1 + 1) ** 2 / 50), rtol=1e-6)
+    np.testing.assert_array_equal(w[lab == 1], 1.0)
+    # A wider gap weighs less: d1 + d2 = 1 + 2 for the pixels of a 2-pixel membrane.
+    lab2 = np.ones((3, 8), np.uint8)
+    lab2[:, 3:5] = 0
+    w2 = border_weight_map(lab2, w0=10, sigma=5)
+    np.testing.assert_allclose(w2[:, 3:5], 1 + 10 * np.exp(-9 / 50), rtol=1e-6)
+    # One cell only: no "between cells" term anywhere.
+    one = np.zeros((5, 5), np.uint8)
+    one[1:4, 1:4] = 1
+    np.testing.assert_array_equal(border_weight_map(one), 1.0)
+
+
+def test_train_dataset_carries_weights_through_crop_and_augmentation():
+    from em_keras.augment import Augmenter
+    from em_keras.data import border_weight_map, make_train_dataset, synthetic_em
+
+    images, labels = synthetic_em(n=3, size=64, seed=1)
+    weights = np.stack([border_weight_map(lab) for lab in labels])
+    ds = make_train_dataset(images, labels, batch_size=2, crop=32, augmenter=Augmenter(rot90=True), seed=0,
+                            weights=weights)
+    x, y, w = next(iter(ds))
+    assert x.shape == y.shape == (2, 32, 32, 1) and w.shape == (2, 32, 32)
+    y, w = y.numpy()[..., 0], w.numpy()
+    # The weights moved with the mask: cells keep weight 1, heavy weights sit on membrane.
+    assert np.all(w[y == 1] == 1.0) and w[y == 0].max() > 2.0
+    assert set(np.unique(w)) <= set(np.unique(weights))

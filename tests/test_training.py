@@ -315,3 +315,84 @@ def test_atomic_writes_leave_nothing_behind_on_error(tmp_path):
             open(os.path.join(tmp, "saved_model.pb"), "w").close()
             raise RuntimeError("killed mid-export")
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+# ---- tf.distribute (issue #6) ----------------------------------------------------------
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_multiworker_two_cpu_workers_end_with_identical_weights(stack, tmp_path):
+    """Two MultiWorkerMirroredStrategy workers on localhost: synchronised training, chief-only outputs.
+
+    The workers get different seeds and different shards of each global batch, so
+    their weights agree at the end only if the gradients are all-reduced.
+    """
+    import re
+
+    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        cmd = [sys.executable, os.path.join(ROOT, "train_unet.py"), "--data", str(stack), "--val-slices", "4-5",
+               "--filters", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--epochs", "2",
+               "--steps-per-epoch", "3", "--no-tta", "--strategy", "multiworker", "--seed", str(i),
+               "--out", str(tmp_path / f"w{i}"), "--verbose", "0"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    found = [re.search(r"weights sha256 ([0-9a-f]{64}) \((chief|worker), 2 replicas\)", o) for o in outs]
+    assert all(found), outs
+    assert [f.group(2) for f in found] == ["chief", "worker"]
+    assert found[0].group(1) == found[1].group(1)
+    # Only the chief writes; its checkpoint holds the shared final weights.
+    assert not (tmp_path / "w1").exists()
+    chief = tmp_path / "w0"
+    from em_keras.predict import load_keras_file
+
+    assert training.weights_digest(load_keras_file(str(chief / "last.keras"))) == found[0].group(1)
+    run_info = json.loads((chief / "run.json").read_text())
+    assert run_info["status"] == "done"
+    assert run_info["strategy"] == {"name": "multiworker", "replicas": 2, "global_batch_size": 4}
+    assert len(list(csv.DictReader(open(chief / "history.csv")))) == 2
+
+
+def test_mirrored_strategy_trains_on_one_cpu_replica(stack, tmp_path):
+    cfg = TrainConfig(data=str(stack), val_slices="4-5", filters=4, depth=2, crop=32, batch_size=2, epochs=1,
+                      steps_per_epoch=2, tta=False, strategy="mirrored", out=str(tmp_path / "m"), verbose=0)
+    result = train(cfg, log=lambda *a: None)
+    assert 0 <= result["pixel_accuracy"] <= 1
+    info = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert info["strategy"] == {"name": "mirrored", "replicas": 1, "global_batch_size": 2}
+
+
+def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(InputError, match="needs \\$TF_CONFIG"):
+        training.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(InputError, match="TF_CONFIG: expected JSON"):
+        training.make_strategy("multiworker")
+    with pytest.raises(InputError, match="--strategy must be one of"):
+        training.make_strategy("tpu")
+
+
+def test_border_weight_run_uses_weight_maps(stack, tmp_path):
+    lines = []
+    cfg = TrainConfig(data=str(stack), val_slices="4-5", filters=4, depth=2, crop=32, batch_size=2, epochs=1,
+                      steps_per_epoch=2, tta=False, border_weight=10.0, out=str(tmp_path / "bw"), verbose=0)
+    train(cfg, log=lines.append)
+    assert any(line.startswith("border weight maps (w0 10, sigma 5)") for line in lines)
+    assert json.loads((tmp_path / "bw" / "run.json").read_text())["config"]["border_weight"] == 10.0
+    with pytest.raises(InputError, match="--border-weight must be >= 0"):
+        training.resolve_config(TrainConfig(border_weight=-1.0, out=str(tmp_path / "x")))

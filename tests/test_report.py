@@ -1,0 +1,106 @@
+"""``python -m em_keras report``: matrix selection, the results page, and a resumable smoke run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from em_keras import metrics, report
+from em_keras.__main__ import main
+from em_keras.errors import InputError, run_cli
+
+
+def test_select_keeps_matrix_order_and_rejects_unknown_names():
+    names = [e.name for e in report.select(report.DEFAULT_MATRIX, "fcn8s, unet")]
+    assert names == ["unet", "fcn8s"]
+    assert len(report.select(report.DEFAULT_MATRIX, None)) == len(report.DEFAULT_MATRIX)
+    with pytest.raises(InputError, match="unknown experiment.*nope"):
+        report.select(report.DEFAULT_MATRIX, "unet,nope")
+
+
+def test_matrix_covers_the_issue():
+    by_name = {e.name: e for e in report.DEFAULT_MATRIX}
+    for model in ("unet", "unetpp-ds", "fcn8s"):
+        assert by_name[model].augment and not by_name[model].elastic
+        assert not by_name[model + "-noaug"].augment
+        assert by_name[model + "-elastic"].elastic
+    # FCN warm starts follow the report: 32s -> 16s -> 8s, parents listed first.
+    order = [e.name for e in report.DEFAULT_MATRIX]
+    for e in report.DEFAULT_MATRIX:
+        if e.init_from:
+            assert order.index(e.init_from) < order.index(e.name)
+    assert "--no-deep-supervision" in by_name["unetpp"].flags
+
+
+def test_write_page_replaces_only_its_section(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    page.write_text("# Results\n\nhand-written text\n")
+    report.write_page(str(page), "first table\n")
+    report.write_page(str(page), "second table\n")
+    text = page.read_text()
+    assert text.startswith("# Results\n\nhand-written text\n")
+    assert "second table" in text and "first table" not in text
+    assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    page.write_text(text + "\n## after\n")
+    report.write_page(str(page), "third\n")
+    assert page.read_text().endswith("## after\n") and "third" in page.read_text()
+
+
+def test_format_markdown_marks_missing_runs():
+    rows = report.table_rows(report.select(report.DEFAULT_MATRIX, "unet,fcn8s"), {}, {})
+    text = report.format_markdown(rows, "20-24", "python -m em_keras report")
+    assert text.count("not run") == 2
+    assert "91.55% (U-Net + augmentation)" in text and "61.40% (FCN-8s)" in text
+
+
+def test_missing_parent_is_skipped_not_trained(tmp_path, tiny_stack, capsys):
+    code = run_cli(main, ["report", "--data", str(tiny_stack), "--only", "fcn16s", "--runs", str(tmp_path / "runs"),
+                          "--results", str(tmp_path / "R.md"), "--val-slices", "4-5", "--smoke", "--crf", ""])
+    out = capsys.readouterr().out
+    assert code == 0 and "fcn16s] skipped" in out and "run fcn32s first" in out
+    assert not os.path.exists(tmp_path / "runs" / "fcn16s" / "metrics.json")
+    assert "not run" in (tmp_path / "R.md").read_text()
+
+
+def test_smoke_report_trains_scores_and_resumes(tmp_path, tiny_stack, capsys):
+    runs, page = tmp_path / "runs", tmp_path / "RESULTS.md"
+    argv = ["report", "--data", str(tiny_stack), "--only", "unet,unet-noaug", "--runs", str(runs),
+            "--results", str(page), "--val-slices", "4-5", "--tune-slices", "2-3", "--crf", "unet",
+            "--jobs", "1", "--smoke"]
+    assert run_cli(main, argv) == 0
+    first = capsys.readouterr().out
+    assert "[unet] training" in first and "[unet-noaug] training" in first
+
+    labels = (tifffile.imread(tiny_stack / "train-labels.tif") > 0).astype(np.uint8)
+    probs = np.load(runs / "unet" / "probs.npy")  # smoke runs report without TTA
+    cached = json.loads((runs / "unet" / "report.json").read_text())
+    expected = metrics.accuracy_table(labels[4:6], probs)
+    assert cached["no_tta"]["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+    assert cached["val_slices"] == [4, 5] and 0 <= cached["tta"]["v_rand"] <= 1
+    crf = json.loads((runs / "unet" / "report_crf.json").read_text())
+    assert crf["tune_slices"] == [2, 3] and crf["settings_tried"] == 2
+
+    text = page.read_text()
+    assert text.count("| unet |") == 4  # TTA, no TTA, CRF with the report's and the tuned parameters
+    assert text.count("| unet-noaug |") == 2 and "no aug" in text
+    assert (tmp_path / "figures" / "report_curves.png").stat().st_size > 0
+    assert (tmp_path / "figures" / "report_qualitative.png").stat().st_size > 0
+
+    # Second call: nothing is retrained or rescored.
+    stamp = os.path.getmtime(runs / "unet" / "metrics.json")
+    assert run_cli(main, argv) == 0
+    second = capsys.readouterr().out
+    assert "training" not in second and second.count("done, not retrained") == 2
+    assert os.path.getmtime(runs / "unet" / "metrics.json") == stamp
+    assert page.read_text() == text
+
+
+def test_list_prints_status(tmp_path, capsys):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "metrics.json").write_text("{}")
+    assert run_cli(main, ["report", "--list", "--runs", str(tmp_path), "--only", "unet,fcn8s"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["unet", "unet", "done"]
+    assert "not run" in out[1] and "--init-from fcn16s" in out[1]
