@@ -239,7 +239,7 @@ def warm_start(model, source):
 
 
 def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=0.5,
-              backbone_weights=None, name=None):
+              backbone_weights=None, name=None, init="glorot"):
     """Build FCN-32s, FCN-16s or FCN-8s on VGG16; outputs P(cell) per pixel.
 
     The backbone is ``keras.applications.VGG16(include_top=False, weights=None)``
@@ -277,6 +277,11 @@ def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=
         cache and never downloads.
     name : str, optional
         Default ``"fcn8s"`` etc.
+    init : {"glorot", "he"}
+        Initialisation of the VGG16 and ``fc6``/``fc7`` kernels when no backbone
+        weights are loaded: Keras's default Glorot-uniform, or He-normal (He et al.,
+        ICCV 2015), which keeps ReLU activations from shrinking layer after layer
+        and lets a 15-layer VGG-style net train from scratch.
 
     Returns
     -------
@@ -310,6 +315,8 @@ def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=
         if size is not None and size % 32:
             raise ValueError(f"input size {size} is not divisible by 32")
     weights_path = resolve_backbone_weights(backbone_weights)
+    if init not in ("glorot", "he"):
+        raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
 
     inputs = keras.Input(input_shape, name="image")
     x = layers.Concatenate(name="rgb", dtype="float32")([inputs] * 3)
@@ -344,6 +351,12 @@ def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=
             x = bilinear_upsample(x, 8, "upscore8", trainable=False)
     outputs = layers.Activation("sigmoid", dtype="float32", name="head")(x)
     model = keras.Model(inputs, outputs, name=name or f"fcn{variant}")
+    if init == "he":
+        he = keras.initializers.HeNormal()
+        for layer in model.layers:
+            if layer.name.startswith("block") and layer.name.endswith(tuple(f"conv{i}" for i in (1, 2, 3))) \
+                    or layer.name in ("fc6", "fc7"):
+                layer.kernel.assign(he(tuple(layer.kernel.shape)))
     if weights_path is not None:
         load_backbone_weights(model, weights_path)
     return model

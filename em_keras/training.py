@@ -87,6 +87,7 @@ class TrainConfig:
     variant: str = None  # FCN: "32s", "16s" or "8s"
     fc_width: int = None  # FCN: filters of fc6/fc7
     backbone_weights: str = None  # FCN: "imagenet", "auto", "none" or a VGG16 notop .h5
+    backbone_init: str = None  # FCN: "glorot" or "he" kernels when no weights are loaded
     init_from: str = None  # FCN: .keras file to warm-start from (32s -> 16s -> 8s)
     seed: int = None
     out: str = None
@@ -181,9 +182,12 @@ register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"],
 #: ``paper``: the FCN paper's solver (SGD, momentum 0.99, weight decay 5e-4, batch 1,
 #: lr 1e-10 on the pixel-summed loss ``bce_sum``) at 256x256, ImageNet VGG16;
 #: ``paper-focal``: the report's second run (focal loss, gamma 2, alpha 0.5, Adam 1e-6);
-#: ``cpu``: fc6/fc7 512 wide, Adam 1e-4, 256 crops, ImageNet backbone when cached.
+#: ``cpu``: one ~10-minute stage of the FCN-32s -> 16s -> 8s chain (``--init-from``):
+#: fc6/fc7 512 wide, Adam 1e-4, batch 2 of 256 crops, 8 x 15 steps; ImageNet backbone
+#: when cached, else He-normal kernels.
 _FCN_BASE = dict(
-    variant="8s", fc_width=4096, dropout=0.5, backbone_weights="imagenet", optimizer="sgd",
+    variant="8s", fc_width=4096, dropout=0.5, backbone_weights="imagenet", backbone_init="glorot",
+    optimizer="sgd",
     lr=1e-10, lr_schedule="constant", momentum=0.99, weight_decay=5e-4, loss="bce_sum",
     batch_size=1, crop=None, size=256, augment=True, rot90=False, vertical_flip=False,
     elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False,
@@ -192,9 +196,9 @@ PRESETS["fcn"] = {
     "paper": dict(_FCN_BASE),
     "paper-focal": dict(_FCN_BASE, optimizer="adam", lr=1e-6, momentum=0.9, weight_decay=0.0,
                         loss="focal"),
-    "cpu": dict(_FCN_BASE, fc_width=512, backbone_weights="auto", optimizer="adam", lr=1e-4,
-                lr_schedule="cosine", momentum=0.9, weight_decay=0.0, loss="bce", batch_size=2,
-                crop=256, size=None, rot90=True, vertical_flip=True, steps_per_epoch=50),
+    "cpu": dict(_FCN_BASE, fc_width=512, backbone_weights="auto", backbone_init="he", optimizer="adam",
+                lr=1e-4, lr_schedule="cosine", momentum=0.9, weight_decay=0.0, loss="bce", batch_size=2,
+                crop=256, size=None, rot90=True, vertical_flip=True, epochs=8, steps_per_epoch=15),
 }
 
 
@@ -207,7 +211,8 @@ def _build_fcn(cfg):
         print(f"note: --backbone-weights auto: {'loading ' + path if found else 'no ' + path}"
               f"{'' if found else '; VGG16 starts from random weights'}")
     model = build_fcn(input_shape=(None, None, 1), variant=cfg.variant, fc_width=cfg.fc_width,
-                      dropout=cfg.dropout, backbone_weights=spec, name=f"fcn{cfg.variant}")
+                      dropout=cfg.dropout, backbone_weights=spec, name=f"fcn{cfg.variant}",
+                      init=cfg.backbone_init or "glorot")
     if cfg.init_from:
         copied = warm_start(model, cfg.init_from)
         print(f"note: --init-from {cfg.init_from}: copied the weights of {len(copied)} layers "
@@ -224,6 +229,9 @@ def _fcn_arguments(g):
     g.add_argument("--backbone-weights", metavar="imagenet|auto|none|PATH",
                    help="VGG16 initialisation: ImageNet from Keras's cache ($KERAS_HOME/models, no "
                         "download; auto = if present), random, or a VGG16 notop .h5 file")
+    g.add_argument("--backbone-init", choices=["glorot", "he"],
+                   help="kernel initialisation when no backbone weights are loaded (Keras default Glorot, "
+                        "or He-normal)")
     g.add_argument("--init-from", metavar="MODEL.keras",
                    help="warm start: copy weights by layer name (FCN-32s -> 16s -> 8s)")
 
@@ -233,6 +241,8 @@ def _validate_fcn(cfg):
 
     if cfg.variant not in VARIANTS:
         raise InputError(f"--variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
+    if cfg.backbone_init not in (None, "glorot", "he"):
+        raise InputError(f"--backbone-init must be glorot or he, got {cfg.backbone_init!r}")
     if cfg.init_from:
         if not os.path.isfile(cfg.init_from):
             raise InputError(f"--init-from {cfg.init_from}: file not found")

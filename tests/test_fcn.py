@@ -262,3 +262,30 @@ def test_train_fcn8s_one_step(stack64, tmp_path):
     assert (out / "saved_model" / "saved_model.pb").is_file() and (out / "last.keras").is_file()
     reloaded = keras.saving.load_model(out / "last.keras", compile=False)
     assert reloaded.name == "fcn8s"
+
+
+def test_he_init_scales_kernels_by_fan_in():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    he = build_fcn(variant="32s", fc_width=8, init="he")
+    glorot = build_fcn(variant="32s", fc_width=8)
+    for name in ("block1_conv1", "block3_conv2", "block5_conv3", "fc6"):
+        k = he.get_layer(name).kernel.numpy()
+        fan_in = np.prod(k.shape[:-1])
+        # He-normal: truncated normal with std sqrt(2 / fan_in) (truncation shrinks it by ~12%).
+        assert 0.8 * np.sqrt(2 / fan_in) < k.std() < 1.05 * np.sqrt(2 / fan_in)
+    # Glorot-uniform of a 3x3x512x512 kernel has std sqrt(2 / (fan_in + fan_out)) = 1/sqrt(4608): He is larger.
+    assert he.get_layer("block5_conv3").kernel.numpy().std() > 1.3 * glorot.get_layer("block5_conv3").kernel.numpy().std()
+    assert np.all(he.get_layer("score_fr").kernel.numpy() == 0)  # the score layers stay zero
+    with pytest.raises(ValueError, match="init"):
+        build_fcn(variant="32s", fc_width=8, init="lecun")
+
+
+def test_cpu_preset_is_one_chain_stage_with_he_init(tmp_path):
+    from em_keras.training import TrainConfig, resolve_config
+
+    cfg = resolve_config(TrainConfig(model="fcn", preset="cpu", backbone_weights="none", out=str(tmp_path / "o")))
+    assert (cfg.backbone_init, cfg.epochs, cfg.steps_per_epoch, cfg.batch_size, cfg.crop) == ("he", 8, 15, 2, 256)
+    with pytest.raises(InputError, match="backbone-init"):
+        resolve_config(TrainConfig(model="fcn", backbone_init="lecun", backbone_weights="none"))
