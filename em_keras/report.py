@@ -87,6 +87,7 @@ DEFAULT_MATRIX = (
     Experiment("unet", "unet", report="unet_aug"),
     Experiment("unet-noaug", "unet", _NOAUG, report="unet"),
     Experiment("unet-elastic", "unet", _ELASTIC),
+    Experiment("unet-border", "unet", ("--border-weight", "10")),
     Experiment("unetpp-ds", "unetpp", report="unetpp"),
     Experiment("unetpp", "unetpp", ("--no-deep-supervision",)),
     Experiment("unetpp-ds-noaug", "unetpp", _NOAUG),
@@ -303,9 +304,12 @@ def _settings(exp, tta, crf):
         parts.append("elastic")
     if exp.init_from:
         parts.append(f"from {exp.init_from}")
-    extra = [f for f in exp.flags if f.startswith("--") and f not in
-             ("--no-augment", "--no-rot90", "--no-vertical-flip", "--elastic", "--variant")]
-    parts += [f.lstrip("-") for f in extra]
+    skip = {"--no-augment", "--no-rot90", "--no-vertical-flip", "--elastic", "--variant"}
+    flags = list(exp.flags)
+    for i, f in enumerate(flags):
+        if f.startswith("--") and f not in skip:
+            value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
+            parts.append(f"{f[2:]} {value}".strip())
     if tta is not None:
         parts.append("TTA" if tta else "no TTA")
     if crf:

@@ -364,3 +364,40 @@ def test_isbi_speed_512():
     s = M.isbi_scores(lab, prob)
     assert time.perf_counter() - start < 5.0
     assert 0.0 <= s["v_rand"] <= 1.0 and 0.0 <= s["v_info"] <= 1.0
+
+
+def _fiji_vrand_vinfo(gt, prop):
+    """A literal transcription of Fiji's foreground-restricted N^2 statistics
+    (trainableSegmentation.metrics RandError.getForegroundRestrictedRandIndexStatsN2 and the
+    MATLAB port of the ISBI 2012 scripts): p_ij / n over gt-foreground pixels, the proposal's
+    0 column counted as singletons (sum(p_i0) / n), F-score of precision and recall."""
+    n = float(np.count_nonzero(gt))
+    p = np.zeros((gt.max() + 1, prop.max() + 1))
+    np.add.at(p, (gt.ravel(), prop.ravel()), 1.0)
+    p = p[1:] / n  # prune the gt background row
+    pij, pi0 = p[:, 1:], p[:, 0]
+    aux = pi0.sum()
+    ai, bj = p.sum(1), pij.sum(0)
+    sum_a2, sum_b2 = (ai ** 2).sum(), (bj ** 2).sum() + aux / n
+    sum_ab2 = (pij ** 2).sum() + aux / n
+    prec, rec = sum_ab2 / sum_b2, sum_ab2 / sum_a2
+    v_rand = 2 * prec * rec / (prec + rec)
+
+    def plogp(x):
+        x = x[x > 0]
+        return (x * np.log(x)).sum()
+
+    sum_a, sum_b = plogp(ai), plogp(bj) - aux * math.log(n)
+    sum_ab = plogp(pij.ravel()) - aux * math.log(n)
+    ha, hb, hab, hba = -sum_a, -sum_b, sum_b - sum_ab, sum_a - sum_ab
+    prec_i, rec_i = (ha - hab) / ha, (hb - hba) / hb
+    return v_rand, 2 * prec_i * rec_i / (prec_i + rec_i)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_partition_scores_match_the_fiji_formulas(seed):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 6, size=(12, 12)).repeat(3, 0).repeat(3, 1)
+    prop = rng.integers(0, 8, size=(9, 9)).repeat(4, 0).repeat(4, 1)  # 0 = unassigned pixels
+    expected = _fiji_vrand_vinfo(gt, prop)
+    assert M._partition_scores(gt, prop) == pytest.approx(expected, abs=1e-12)

@@ -104,3 +104,10 @@ def test_list_prints_status(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["unet", "unet", "done"]
     assert "not run" in out[1] and "--init-from fcn16s" in out[1]
+
+
+def test_settings_column_names_flags_and_values():
+    by_name = {e.name: e for e in report.DEFAULT_MATRIX}
+    assert report._settings(by_name["unet-border"], True, None) == "aug, border-weight 10, TTA"
+    assert report._settings(by_name["unetpp"], False, None) == "aug, no-deep-supervision, no TTA"
+    assert report._settings(by_name["fcn8s-noaug"], True, "tuned") == "no aug, from fcn16s, TTA, CRF tuned"
