@@ -621,13 +621,20 @@ def _callback_classes():
     class RunProgress(keras.callbacks.Callback):
         """Record the last completed epoch in ``run.json`` (for humans and the report)."""
 
-        def __init__(self, run_info, path):
+        def __init__(self, run_info, path, prior_seconds=0.0):
             super().__init__()
-            self.run_info, self.path = run_info, path
+            self.run_info, self.path, self.prior = run_info, path, prior_seconds
+            self.t0 = None
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             if _finite(logs):
                 self.run_info["epochs_completed"] = epoch + 1
+                marks = self.run_info.setdefault("epoch_end_seconds", [])
+                del marks[epoch:]
+                marks.append(round(self.prior + time.time() - (self.t0 or time.time()), 1))
                 save_json(self.path, self.run_info)
 
     return dict(AtomicModelCheckpoint=AtomicModelCheckpoint, SafeBackupAndRestore=SafeBackupAndRestore,
@@ -739,7 +746,7 @@ def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log
         shutil.copyfile(os.path.join(cfg.out, "last.keras"), os.path.join(cfg.out, "best.keras"))
 
 
-def make_callbacks(cfg, out, run_info, chief=True):
+def make_callbacks(cfg, out, run_info, chief=True, prior_seconds=0.0):
     """Checkpoints, backup, CSV and TensorBoard logs, NaN handling.
 
     The order matters for a kill at any point: at the end of an epoch the history
@@ -760,7 +767,7 @@ def make_callbacks(cfg, out, run_info, chief=True):
         cls["ResumableCSVLogger"](os.path.join(out, "history.csv")),
         ckpt(os.path.join(out, "last.keras")),
         ckpt(os.path.join(out, "best.keras"), monitor="val_loss", mode="min", save_best_only=True),
-        cls["RunProgress"](run_info, os.path.join(out, "run.json")),
+        cls["RunProgress"](run_info, os.path.join(out, "run.json"), prior_seconds),
         cls["SafeBackupAndRestore"](os.path.join(out, "backup"),
                                     lr=cfg.lr if cfg.lr_schedule == "constant" else None,
                                     double_checkpoint=True, delete_checkpoint=False),
@@ -988,8 +995,18 @@ def train(cfg, log=print, callbacks=()):
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "epochs_completed": start_epoch,
     }
+    prior_seconds = 0.0
     if backup_meta:
         run_info["resumed_from_epoch"] = start_epoch
+        # Training time of the epochs kept from earlier segments, so train_seconds covers the whole run.
+        try:
+            with open(os.path.join(cfg.out, "run.json")) as fh:
+                marks = json.load(fh).get("epoch_end_seconds") or []
+        except (OSError, ValueError, AttributeError):
+            marks = []
+        if len(marks) >= start_epoch > 0:
+            prior_seconds = float(marks[start_epoch - 1])
+            run_info["epoch_end_seconds"] = marks[:start_epoch]
     replicas = strategy.num_replicas_in_sync
     if cfg.strategy != "default":
         run_info["strategy"] = {"name": cfg.strategy, "replicas": replicas,
@@ -1026,7 +1043,7 @@ def train(cfg, log=print, callbacks=()):
         model = compile_model(build_model(cfg), cfg, cfg.epochs * cfg.steps_per_epoch)
     train_ds = replicate_targets(train_ds, len(model.outputs))
     val_ds = replicate_targets(val_ds, len(model.outputs))
-    own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info, chief=chief)
+    own_callbacks, guard = make_callbacks(cfg, cfg.out, run_info, chief=chief, prior_seconds=prior_seconds)
     log(f"training {cfg.model} ({model.count_params():,} parameters, preset {cfg.preset}) on "
         f"{len(x_tr)} slices from {source}; held out {val[0]}-{val[-1]}" if val == list(range(val[0], val[-1] + 1))
         else f"training {cfg.model} on {len(x_tr)} slices; held out {val}")
@@ -1037,7 +1054,8 @@ def train(cfg, log=print, callbacks=()):
         model.fit(train_ds, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
                   validation_data=val_ds, callbacks=own_callbacks + list(callbacks), verbose=cfg.verbose,
                   shuffle=False)
-    train_seconds = time.time() - t0
+    segment_seconds = time.time() - t0
+    train_seconds = prior_seconds + segment_seconds
     if replicas > 1 or not chief:
         log(f"weights sha256 {weights_digest(model)} ({'chief' if chief else 'worker'}, {replicas} replicas)")
     if not chief:  # the chief evaluates and writes every output
@@ -1073,6 +1091,8 @@ def train(cfg, log=print, callbacks=()):
     result = {"held_out_slices": val, "threshold": cfg.threshold, **table,
               "train_seconds": round(train_seconds, 1), "train_minutes": round(train_seconds / 60, 2),
               "checkpoint": "last", "tta": bool(cfg.tta)}
+    if prior_seconds:
+        result["train_seconds_this_segment"] = round(segment_seconds, 1)
     if plain is not None:
         result["without_tta"] = {k: plain[k] for k in ("pixel_accuracy", "cell_accuracy", "membrane_accuracy")}
     try:

@@ -242,7 +242,8 @@ def test_kill_9_mid_epoch_then_resume(stack, tmp_path):
         proc.wait()
     killed_at = read_backup(str(out / "backup"))["epoch"]
     assert 1 <= killed_at < epochs
-    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    before = json.loads((out / "run.json").read_text())
+    assert before["status"] == "running"
 
     r = subprocess.run(cmd + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -254,7 +255,15 @@ def test_kill_9_mid_epoch_then_resume(stack, tmp_path):
         load(out / name)
     assert int(load(out / "last.keras").optimizer.iterations) == epochs * steps
     assert not os.path.exists(out / "backup") and leftovers(out) == []
-    assert "pixel_accuracy" in json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "pixel_accuracy" in metrics
+    # Training time covers both segments: the kept epochs' time plus the resumed segment.
+    marks = info["epoch_end_seconds"]
+    assert len(marks) == epochs and marks == sorted(marks)
+    assert marks[:killed_at] == before["epoch_end_seconds"][:killed_at]
+    assert metrics["train_seconds"] == pytest.approx(marks[killed_at - 1] + metrics["train_seconds_this_segment"],
+                                                     abs=0.11)
+    assert metrics["train_seconds"] >= marks[-1] - 0.1
 
 
 # --------------------------------------------------------------------------- pieces
