@@ -24,6 +24,7 @@ Only the runs that are already finished, plus one more::
 import dataclasses
 import json
 import os
+import shlex
 import time
 
 import numpy as np
@@ -393,8 +394,9 @@ def plot_curves(runs, names, path):
         (line,) = axes[0].plot(epoch, rec["loss"], label=f"{name} train")
         if "val_loss" in rec.dtype.names:
             axes[0].plot(epoch, rec["val_loss"], "--", color=line.get_color())
-        if "val_pixel_accuracy" in rec.dtype.names:
-            axes[1].plot(epoch, rec["val_pixel_accuracy"], label=name, color=line.get_color())
+        acc = [c for c in rec.dtype.names if c.startswith("val_") and c.endswith("pixel_accuracy")]
+        if acc:  # "val_pixel_accuracy", or the last head's of a deeply supervised model
+            axes[1].plot(epoch, rec[acc[-1]], label=name, color=line.get_color())
     axes[0].set(xlabel="epoch", ylabel="loss (solid train, dashed held-out)", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="held-out pixel accuracy (no TTA)")
     for ax in axes:
@@ -518,9 +520,9 @@ def main(argv=None, log=print):
         plot_qualitative(images[v], labels[v], np.load(os.path.join(out, "probs.npy")),
                          np.load(probs_crf) if qual in crf and os.path.isfile(probs_crf) else None,
                          os.path.join(fig_dir, "report_qualitative.png"), titles=(qual, f"{qual} + CRF (tuned)"))
-        figures.append((f"held-out slices: image, label, {qual}, {qual} + CRF",
+        figures.append((f"held-out slices: image, label, {qual}{', ' + qual + ' + CRF' if qual in crf else ''}",
                         f"{rel}/report_qualitative.png"))
-    command = "python -m em_keras report " + " ".join(sys.argv[2:] if argv is None else argv)
+    command = "python -m em_keras report " + shlex.join(sys.argv[2:] if argv is None else argv)
     section = format_markdown(table_rows(matrix, scored, crf), _span(val), command.strip(), figures)
     write_page(args.results, section)
     log(f"wrote {args.results} ({len(scored)} of {len(matrix)} runs finished)")
