@@ -31,6 +31,8 @@ def load_model(path):
     path : str
         A ``.keras`` file (custom em_keras objects are registered, so no
         ``custom_objects`` are needed) or a directory written by ``model.export()``.
+        A deeply supervised U-Net++ checkpoint predicts with the mean of its heads,
+        or the last head when the ``run.json`` beside it says ``ds_predict: last``.
 
     Returns
     -------
@@ -52,11 +54,23 @@ def load_model(path):
     if not path.endswith(".keras"):
         raise InputError(f"{path}: expected a .keras file or a SavedModel directory")
     model = load_keras_file(path)
-    if len(model.outputs) > 1:  # a deeply supervised U-Net++ checkpoint: average its heads
+    if len(model.outputs) > 1:  # a deeply supervised U-Net++ checkpoint: its run's --ds-predict
         from .unetpp import inference_model
 
-        model = inference_model(model, "mean")
+        model = inference_model(model, _run_ds_predict(path))
     return model
+
+
+def _run_ds_predict(path):
+    """``--ds-predict`` of the training run that wrote ``path`` (its ``run.json``), else "mean"."""
+    import json
+
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), "run.json")) as fh:
+            mode = json.load(fh)["config"]["ds_predict"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "mean"
+    return mode if mode in ("mean", "last") else "mean"
 
 
 def load_keras_file(path, flag=None):

@@ -150,3 +150,16 @@ def test_train_unetpp_deep_supervision_one_step(tmp_path):
     loaded = tf.saved_model.load(str(out / "saved_model"))  # keep a reference while serving
     served = loaded.serve(tf.zeros([1, 64, 64, 1]))
     assert tuple(served.shape) == (1, 64, 64, 1)  # the single-output inference model
+
+
+def test_load_model_follows_the_runs_ds_predict(ds_model, tmp_path):
+    import json
+
+    from em_keras.predict import load_model
+
+    x = np.random.default_rng(2).random((1, 32, 32, 1)).astype("float32")
+    heads = [np.asarray(y) for y in ds_model(x)]
+    ds_model.save(tmp_path / "last.keras")
+    np.testing.assert_allclose(load_model(tmp_path / "last.keras")(x), np.mean(heads, axis=0), rtol=1e-6, atol=1e-7)
+    (tmp_path / "run.json").write_text(json.dumps({"config": {"ds_predict": "last"}}))
+    np.testing.assert_allclose(load_model(tmp_path / "last.keras")(x), heads[-1], rtol=1e-6, atol=1e-7)
