@@ -711,7 +711,6 @@ def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log
 
     with strategy.scope():
         model._symbolic_build(data_batch=next(iter(train_ds)))  # metrics/optimizer variables, cross-replica
-    model.make_train_function = None
     dist = iter(strategy.experimental_distribute_dataset(train_ds))
 
     @tf.function
@@ -724,10 +723,10 @@ def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log
         with open(history, "w") as fh:
             fh.write("epoch,loss\n")
     for epoch in range(cfg.epochs):
-        for _ in range(cfg.steps_per_epoch):
+        for k in range(cfg.steps_per_epoch):
             loss = float(step(dist))
             if not math.isfinite(loss):
-                guard.where, guard.what = (epoch + 1, _ + 1), "loss"
+                guard.where, guard.what = (epoch + 1, k + 1), "loss"
                 return
         if cfg.verbose:
             log(f"epoch {epoch + 1}/{cfg.epochs} - loss {loss:.4f}")
