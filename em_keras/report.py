@@ -150,7 +150,7 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
 
     Returns the run directory.
     """
-    from .training import TrainConfig, build_parser, config_from_args, train
+    from .training import build_parser, config_from_args, train
 
     out = os.path.join(runs, exp.name)
     status = _status(out)
@@ -174,9 +174,7 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
         argv.append("--overwrite")  # a run that died before its first epoch
     log(f"[{exp.name}] {'resuming' if status else 'training'}: train {exp.model} {' '.join(argv)}")
     args = build_parser(exp.model).parse_args(argv)
-    cfg = config_from_args(args, exp.model)
-    assert isinstance(cfg, TrainConfig)
-    train(cfg, log=log)
+    train(config_from_args(args, exp.model), log=log)
     return out
 
 
@@ -485,16 +483,12 @@ def main(argv=None, log=print):
     if args.data is None:
         args.data = os.path.dirname(found[0])
 
-    for exp in matrix:
-        if args.no_train:
+    for exp in [] if args.no_train else matrix:
+        parent = exp.init_from and os.path.join(args.runs, exp.init_from, "best.keras")
+        if parent and not os.path.isfile(parent) and _status(os.path.join(args.runs, exp.name)) != "done":
+            log(f"[{exp.name}] skipped: needs {parent}: run {exp.init_from} first")
             continue
-        try:
-            run_experiment(exp, args.runs, args.data, args.val_slices, args.preset, args.smoke, log=log)
-        except InputError as exc:
-            if exp.init_from and "run " + exp.init_from + " first" in str(exc):
-                log(f"[{exp.name}] skipped: {exc}")
-                continue
-            raise
+        run_experiment(exp, args.runs, args.data, args.val_slices, args.preset, args.smoke, log=log)
 
     scored, crf = {}, {}
     for exp in matrix:
