@@ -398,13 +398,9 @@ def _expand_grid(grid, base):
 
 
 def _scores(labels, probs, threshold, isbi):
-    from .metrics import accuracy_table, isbi_evaluate
+    from .metrics import summary_scores
 
-    scores = dict(accuracy_table(labels, probs, threshold=threshold))
-    if isbi:
-        result = isbi_evaluate(labels, probs)
-        scores["v_rand"], scores["v_info"] = float(result["v_rand"]), float(result["v_info"])
-    return scores
+    return summary_scores(labels, probs, threshold=threshold, isbi=isbi)
 
 
 def grid_search(probs, images, labels, grid=None, jobs=1, progress=False, threshold=0.5,

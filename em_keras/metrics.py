@@ -44,6 +44,7 @@ __all__ = [
     "MembraneIoU",
     "MembraneF1",
     "default_metrics",
+    "summary_scores",
     "ISBI_THRESHOLDS",
     "THINNING",
     "isbi_scores",
@@ -744,3 +745,21 @@ def isbi_evaluate(labels, probs, thresholds=ISBI_THRESHOLDS, thinning="watershed
     result["v_rand_per_slice"] = v_rand_slices
     result["v_info_per_slice"] = v_info_slices
     return result
+
+
+def summary_scores(labels, probs, threshold=0.5, isbi=True):
+    """The accuracy table plus, with ``isbi``, V_rand, V_info and pixel error, as plain floats.
+
+    Examples
+    --------
+    >>> lab = np.ones((1, 6, 6), int); lab[:, :, 3] = 0
+    >>> s = summary_scores(lab, lab * 0.8)
+    >>> s["pixel_accuracy"], s["v_rand"]
+    (1.0, 1.0)
+    """
+    scores = dict(accuracy_table(labels, probs, threshold=threshold))
+    if isbi:
+        result = isbi_evaluate(labels, probs)
+        scores.update({k: result[k] for k in ("v_rand", "v_info", "pixel_error")})
+    return {k: float(v) for k, v in scores.items() if np.isscalar(v)}
+

@@ -184,12 +184,9 @@ def _load_json(path):
 
 
 def _scores(labels, probs):
-    from . import metrics
+    from .metrics import summary_scores
 
-    row = metrics.accuracy_table(labels, probs)
-    isbi = metrics.isbi_evaluate(labels, probs)
-    row.update({k: isbi[k] for k in ("v_rand", "v_info", "pixel_error")})
-    return {k: float(v) for k, v in row.items() if np.isscalar(v)}
+    return summary_scores(labels, probs)
 
 
 def _predict(out, images, tta):
