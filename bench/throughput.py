@@ -505,6 +505,11 @@ def _fmt(x, spec=".1f"):
     return "n/a" if x is None else format(x, spec)
 
 
+def _rate(x):
+    """Images/s with 3 significant figures (a paper-size U-Net trains at ~0.06 img/s here)."""
+    return "n/a" if x is None else format(x, ".3g" if x < 10 else ".1f")
+
+
 def _ratio(a, b):
     return None if a is None or b is None or not b else a / b
 
@@ -556,8 +561,8 @@ def print_training(res, peak):
                 continue
             s = _common.summarize(run[key])
             g = _gflops(s["median"], flops)
-            spread = f" (min {s['min']:.2f}, max {s['max']:.2f})" if s["n"] > 1 else ""
-            print(f"  {label:<38} {s['median']:8.2f} img/s{spread}   "
+            spread = f" (min {_rate(s['min'])}, max {_rate(s['max'])})" if s["n"] > 1 else ""
+            print(f"  {label:<38} {_rate(s['median']):>8} img/s{spread}   "
                   f"{_fmt(g)} GFLOP/s = {_fmt(_pct(g, peak))}% of peak")
         a, b, c = _med(run.get("a")), _med(run.get("b")), _med(run.get("c"))
         line = f"  (b)/(a) = {_fmt(_ratio(b, a), '.2f')}"
@@ -603,8 +608,8 @@ def markdown(report):
     ]
     for r in report["training_rows"]:
         lines.append(
-            f"| {r['name']} | {r['desc']} | {_fmt(r['gflop_img'], '.2f')} | {_fmt(r['a'], '.2f')} | "
-            f"{_fmt(r['b'], '.2f')} | {_fmt(r['c'], '.2f')} | {_fmt(r['ba'], '.2f')} | "
+            f"| {r['name']} | {r['desc']} | {_fmt(r['gflop_img'], '.2f')} | {_rate(r['a'])} | "
+            f"{_rate(r['b'])} | {_rate(r['c'])} | {_fmt(r['ba'], '.2f')} | "
             f"{_fmt(r['bc'], '.2f')} | {_fmt(r['gfa'])} | {_fmt(r['pa'])} | {_fmt(r['gfb'])} | "
             f"{_fmt(r['pb'])} |")
     p = report["pipeline"]
@@ -824,8 +829,8 @@ def print_summary(rows):
     print(f"  {'model':<20} {'(a)':>8} {'(b)':>8} {'(c)':>8} {'(b)/(a)':>8} {'(b)/(c)':>8} "
           f"{'GFLOP/s(a)':>11} {'%peak(a)':>9}")
     for r in rows:
-        print(f"  {r['name']:<20} {_fmt(r['a'], '.2f'):>8} {_fmt(r['b'], '.2f'):>8} "
-              f"{_fmt(r['c'], '.2f'):>8} {_fmt(r['ba'], '.2f'):>8} {_fmt(r['bc'], '.2f'):>8} "
+        print(f"  {r['name']:<20} {_rate(r['a']):>8} {_rate(r['b']):>8} "
+              f"{_rate(r['c']):>8} {_fmt(r['ba'], '.2f'):>8} {_fmt(r['bc'], '.2f'):>8} "
               f"{_fmt(r['gfa']):>11} {_fmt(r['pa']):>9}")
 
 

@@ -517,7 +517,7 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
             both = tf.image.random_crop(both, [crop, crop, 1 + channels], seed=seed)
             return both[..., :1], both[..., 1:]
         ds = ds.map(_crop, num_parallel_calls=tf.data.AUTOTUNE)
-    elif size is not None:
+    elif size is not None and tuple(x.shape[1:3]) != (size, size):  # same size: skip the no-op resize
         def _resize(img, msk):
             img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
             msk = tf.image.resize(msk, [size, size], method="nearest")

@@ -134,6 +134,14 @@ def test_train_dataset_resize_keeps_masks_binary():
     assert set(np.unique(yb.numpy())) == {0.0, 1.0}
 
 
+def test_train_dataset_size_equal_to_the_slices_passes_them_through_unchanged():
+    x, y = data.synthetic_em(n=2, size=64, seed=2)
+    ds = data.make_train_dataset(x, y, batch_size=2, size=64, shuffle=False, repeat=False)
+    xb, yb = next(iter(ds))
+    np.testing.assert_array_equal(xb.numpy()[..., 0], x.astype(np.float32))
+    np.testing.assert_array_equal(yb.numpy()[..., 0], y.astype(np.float32))
+
+
 def test_real_isbi_files_have_the_documented_layout(real_data):
     root = real_data
     images, labels = data.read_pair(os.path.join(root, "train-volume.tif"), os.path.join(root, "train-labels.tif"))
