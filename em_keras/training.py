@@ -184,7 +184,7 @@ register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"],
 #: ``paper-focal``: the report's second run (focal loss, gamma 2, alpha 0.5, Adam 1e-6);
 #: ``cpu``: one ~10-minute stage of the FCN-32s -> 16s -> 8s chain (``--init-from``):
 #: fc6/fc7 512 wide, Adam 1e-4, batch 2 of 256 crops, 8 x 15 steps; ImageNet backbone
-#: when cached, else He-normal kernels.
+#: when cached, else He-normal kernels; held-out slices scored with TTA (8 flips/rotations).
 _FCN_BASE = dict(
     variant="8s", fc_width=4096, dropout=0.5, backbone_weights="imagenet", backbone_init="glorot",
     optimizer="sgd",
@@ -198,7 +198,8 @@ PRESETS["fcn"] = {
                         loss="focal"),
     "cpu": dict(_FCN_BASE, fc_width=512, backbone_weights="auto", backbone_init="he", optimizer="adam",
                 lr=1e-4, lr_schedule="cosine", momentum=0.9, weight_decay=0.0, loss="bce", batch_size=2,
-                crop=256, size=None, rot90=True, vertical_flip=True, epochs=8, steps_per_epoch=15),
+                crop=256, size=None, rot90=True, vertical_flip=True, epochs=8, steps_per_epoch=15,
+                tta=True),
 }
 
 
