@@ -100,13 +100,12 @@ def main(argv=None):
     if args.child:
         print("RESULT " + json.dumps(measure(json.loads(args.child))))
         return 0
-    base = dict(DEFAULTS, **(QUICK if args.quick else {}))
     try:
-        variants = [parse_variant(v, base) for v in args.variants]
+        variants = [parse_variant(v, DEFAULTS) for v in args.variants]
     except ValueError as exc:
         p.error(str(exc))
-    if args.quick:
-        variants = [dict(v, **{k: QUICK[k] for k in ("filters", "crop", "batch")}) for v in variants[:2]]
+    if args.quick:  # tiny shapes and step counts override every variant
+        variants = [dict(v, **QUICK) for v in variants[:2]]
     peak = _common.detect_peak(args.peak_gflops)
     print(f"{_common.now()}  fp32 peak {peak['gflops']:.1f} GFLOP/s ({peak['how']})")
     note = _common.load_note()
