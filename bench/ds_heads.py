@@ -52,9 +52,9 @@ def main(argv=None):
         prob = predict_stack(keras.Model(model.inputs, out), x, multiple=multiple, tta=not args.no_tta)
         heads.append(prob)
         print(_line(f"head {k}", summary_scores(y, prob)), flush=True)
-    for name, group in [("mean all", heads), ("mean last 2", heads[-2:]), ("mean last 3", heads[-3:])]:
-        if 1 < len(group) and (name == "mean all" or len(group) < len(heads)):
-            print(_line(name, summary_scores(y, np.mean(group, axis=0))), flush=True)
+    groups = [("mean all", heads)] + [(f"mean last {k}", heads[-k:]) for k in (2, 3) if k < len(heads)]
+    for name, group in groups:
+        print(_line(name, summary_scores(y, np.mean(group, axis=0))), flush=True)
     truth = y > 0
     for k, prob in enumerate(heads, start=1):
         accs = " / ".join(f"{((prob > t) == truth).mean():.4f}" for t in (0.5, 0.6, 0.7))
