@@ -85,4 +85,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from em_keras.runtime import prepare_tensorflow
+
+    prepare_tensorflow()
     sys.exit(main())

@@ -585,7 +585,9 @@ def markdown(report):
         "```",
         "",
         f"- TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}, "
-        f"Python {report['versions']['python']}; XLA {'also measured' if report['jit'] else 'off'}.",
+        f"Python {report['versions']['python']}; XLA {'also measured' if report['jit'] else 'off'}; "
+        f"oneDNN CPU kernels {_onoff(report['versions'].get('onednn'))} (`TF_ENABLE_ONEDNN_OPTS`, "
+        "see `bench/onednn.py`).",
         f"- Data: {report['source']}.",
         f"- fp32 peak: {peak['how']}.",
         f"- Medians over {report['repeats']} window(s) of {report['steps']} training step(s) after "
@@ -834,6 +836,17 @@ def print_summary(rows):
               f"{_fmt(r['gfa']):>11} {_fmt(r['pa']):>9}")
 
 
+def _onednn_on():
+    """Whether the loaded TensorFlow runs its oneDNN CPU kernels (None if unknown)."""
+    from em_keras.training import versions
+
+    return versions().get("tensorflow_onednn")
+
+
+def _onoff(flag):
+    return "unknown" if flag is None else ("on" if flag else "off")
+
+
 def main(argv=None):
     """Run the benchmark; see the module docstring."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -857,6 +870,7 @@ def main(argv=None):
 
     images, labels, source = load_slices(args.data, args.quick)
     print(f"data: {source}")
+    print(f"oneDNN CPU kernels: {_onoff(_onednn_on())}")
     print(f"timing: median of {args.repeats} window(s) of {args.steps} step(s) after "
           f"{args.warmup} warm-up step(s)")
     jit_modes = [False, True] if args.jit_compile else [False]
@@ -872,7 +886,7 @@ def main(argv=None):
             date=_common.now(), cpu=cpu_text, peak=peak, quick=args.quick, jit=args.jit_compile,
             command="python bench/throughput.py" + (" " + shlex.join(argv) if argv else ""),
             versions=dict(tensorflow=tf.__version__, keras=keras.__version__,
-                          python=platform.python_version()),
+                          python=platform.python_version(), onednn=_onednn_on()),
             source=source, repeats=args.repeats, steps=args.steps, warmup=args.warmup,
             metrics=args.metrics, load_note=load_note, skipped=skipped,
             training_rows=rows, pipeline=pipeline, inference=inference)

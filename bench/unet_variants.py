@@ -135,4 +135,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from em_keras.runtime import prepare_tensorflow
+
+    prepare_tensorflow()  # the kernels the CLIs use; children inherit TF_ENABLE_ONEDNN_OPTS
     sys.exit(main())

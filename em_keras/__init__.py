@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "atomic", "augment", "blocks", "crf", "data", "errors", "fcn", "losses", "metrics",
-    "predict", "report", "training", "unet", "unetpp",
+    "predict", "report", "runtime", "training", "unet", "unetpp",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]

@@ -36,6 +36,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(main, argv=None):
     """Run ``main(argv)`` and turn :class:`InputError` into a one-line error.
 
+    First calls :func:`em_keras.runtime.prepare_tensorflow`: TensorFlow, loaded
+    later, then uses its oneDNN CPU kernels on x86-64 (unless
+    ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
+
     Parameters
     ----------
     main : callable
@@ -53,8 +57,12 @@ def run_cli(main, argv=None):
     """
     import os
 
-    # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr.
+    from .runtime import prepare_tensorflow
+
+    # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr,
+    # and use its oneDNN CPU kernels on x86-64 unless TF_ENABLE_ONEDNN_OPTS says otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    prepare_tensorflow()
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:

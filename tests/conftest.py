@@ -3,7 +3,11 @@ import os
 import numpy as np
 import pytest
 
+from em_keras.runtime import enable_onednn
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The same TensorFlow CPU kernels as the command-line tools (em_keras.runtime).
+enable_onednn()
 
 REAL_DATA = os.environ.get("EM_KERAS_DATA")
 

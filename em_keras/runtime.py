@@ -1,0 +1,146 @@
+"""Process set-up that must happen before TensorFlow loads: CPU kernels and start-up noise.
+
+TensorFlow's Linux wheels carry oneDNN CPU kernels but turn them on by default
+only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX. Elsewhere (e.g. AMD Zen 3)
+training falls back to Eigen kernels whose convolution gradients are several
+times slower (docs/PERFORMANCE.md). The command-line tools therefore ask for
+oneDNN on x86-64 unless the user has set ``TF_ENABLE_ONEDNN_OPTS`` themselves,
+and keep the banner TensorFlow then prints off stderr.
+
+Nothing here imports TensorFlow, and importing the module has no side effects.
+"""
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import platform
+import re
+import sys
+import tempfile
+
+__all__ = ["ONEDNN_ENV", "enable_onednn", "onednn_enabled", "quiet_tensorflow_import",
+           "prepare_tensorflow"]
+
+#: The environment variable TensorFlow reads once, when it loads.
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+_X86_64 = ("x86_64", "amd64")
+#: Start-up lines that carry no information for the user (printed before absl logging
+#: is initialised, so TF_CPP_MIN_LOG_LEVEL cannot hide them).
+_BANNER = re.compile(r"oneDNN custom operations are on|All log messages before absl::InitializeLog")
+
+
+def enable_onednn(environ=None, machine=None):
+    """Turn on TensorFlow's oneDNN CPU kernels on x86-64, unless already decided.
+
+    Sets ``TF_ENABLE_ONEDNN_OPTS=1`` when the variable is unset, the machine is
+    x86-64 and TensorFlow is not loaded yet (it reads the variable once, at load).
+    A value the user set, e.g. ``TF_ENABLE_ONEDNN_OPTS=0``, is kept.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        Environment to change; default ``os.environ``.
+    machine : str, optional
+        ``platform.machine()`` by default.
+
+    Returns
+    -------
+    bool
+        True when this call set the variable.
+
+    Examples
+    --------
+    >>> env = {}
+    >>> enable_onednn(env, machine="x86_64"), env
+    (True, {'TF_ENABLE_ONEDNN_OPTS': '1'})
+    >>> enable_onednn({"TF_ENABLE_ONEDNN_OPTS": "0"}, machine="x86_64")
+    False
+    """
+    environ = os.environ if environ is None else environ
+    machine = platform.machine() if machine is None else machine
+    if ONEDNN_ENV in environ or str(machine).lower() not in _X86_64:
+        return False
+    if environ is os.environ and "tensorflow" in sys.modules:
+        return False
+    environ[ONEDNN_ENV] = "1"
+    return True
+
+
+def onednn_enabled(environ=None):
+    """True when ``TF_ENABLE_ONEDNN_OPTS`` asks for oneDNN (``1`` or ``true``); None when unset."""
+    value = (os.environ if environ is None else environ).get(ONEDNN_ENV)
+    if value is None:
+        return None
+    return value.strip().lower() in ("1", "true")
+
+
+@contextlib.contextmanager
+def _filtered_stderr(pattern=_BANNER):
+    """Capture file descriptor 2 and write back every line that ``pattern`` does not match."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True) if not pattern.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _filtered_stderr():
+            self._loader.exec_module(module)
+
+
+class _QuietFinder(importlib.abc.MetaPathFinder):
+    """Wraps the first ``import tensorflow`` (direct or through Keras), then removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+def quiet_tensorflow_import():
+    """Drop TensorFlow's oneDNN/absl start-up banner from stderr when it loads later.
+
+    Installs a one-shot import hook; other lines TensorFlow prints while loading
+    (warnings, errors) still reach stderr. Does nothing once TensorFlow is loaded.
+
+    Returns
+    -------
+    bool
+        True when the hook was installed.
+    """
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietFinder) for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _QuietFinder())
+    return True
+
+
+def prepare_tensorflow():
+    """What the command-line tools do first: :func:`enable_onednn`, then :func:`quiet_tensorflow_import`."""
+    enable_onednn()
+    quiet_tensorflow_import()
