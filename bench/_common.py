@@ -19,6 +19,7 @@ __all__ = [
     "load_note",
     "replace_section",
     "now",
+    "section_header",
 ]
 
 
@@ -227,3 +228,9 @@ def replace_section(path, name, body, title="# Performance"):
 def now():
     """Local date and time, for reports."""
     return time.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def section_header(title, report):
+    """First lines of a generated docs section: title, date, CPU and the command, fenced."""
+    return [f"## {title}", "", f"Measured {report['date']} on {report['cpu']}, with", "",
+            "```", report["command"], "```", ""]

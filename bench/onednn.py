@@ -72,15 +72,7 @@ def run_child(model, value, args):
 
 def markdown(report):
     """The ``docs/PERFORMANCE.md`` section for a finished run."""
-    lines = [
-        "## oneDNN vs Eigen CPU kernels (`bench/onednn.py`)",
-        "",
-        f"Measured {report['date']} on {report['cpu']}, with",
-        "",
-        "```",
-        report["command"],
-        "```",
-        "",
+    lines = _common.section_header("oneDNN vs Eigen CPU kernels (`bench/onednn.py`)", report) + [
         f"- Model alone on in-memory random batches (column (a) of `bench/throughput.py`), "
         f"median images/s over {report['repeats']} window(s) of {report['steps']} step(s) after "
         f"{report['warmup']} warm-up step(s); each setting in its own process.",

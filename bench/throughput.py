@@ -575,15 +575,7 @@ def print_training(res, peak):
 def markdown(report):
     """The ``docs/PERFORMANCE.md`` section for a finished run."""
     peak = report["peak"]
-    lines = [
-        "## Training and inference throughput (`bench/throughput.py`)",
-        "",
-        f"Measured {report['date']} on {report['cpu']}, with",
-        "",
-        "```",
-        report["command"],
-        "```",
-        "",
+    lines = _common.section_header("Training and inference throughput (`bench/throughput.py`)", report) + [
         f"- TensorFlow {report['versions']['tensorflow']}, Keras {report['versions']['keras']}, "
         f"Python {report['versions']['python']}; XLA {'also measured' if report['jit'] else 'off'}; "
         f"oneDNN CPU kernels {_onoff(report['versions'].get('onednn'))} (`TF_ENABLE_ONEDNN_OPTS`, "

@@ -192,4 +192,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    # `train fcn` keeps TensorFlow's default kernels, as train_fcn.py does.
+    sys.exit(run_cli(main, onednn=sys.argv[1:3] != ["train", "fcn"]))

@@ -33,12 +33,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InputError(f"{message} (see {self.prog} --help)")
 
 
-def run_cli(main, argv=None):
+def run_cli(main, argv=None, onednn=True):
     """Run ``main(argv)`` and turn :class:`InputError` into a one-line error.
 
     First calls :func:`em_keras.runtime.prepare_tensorflow`: TensorFlow, loaded
-    later, then uses its oneDNN CPU kernels on x86-64 (unless
-    ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
+    later, then uses its oneDNN CPU kernels on x86-64 (unless ``onednn`` is False
+    or ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
 
     Parameters
     ----------
@@ -46,6 +46,8 @@ def run_cli(main, argv=None):
         Takes ``argv`` (list of str or None) and returns an exit code or None.
     argv : list of str, optional
         Arguments; ``sys.argv[1:]`` when None.
+    onednn : bool
+        Passed to :func:`em_keras.runtime.prepare_tensorflow`.
 
     Returns
     -------
@@ -62,8 +64,8 @@ def run_cli(main, argv=None):
     # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr,
     # and use its oneDNN CPU kernels on x86-64 unless TF_ENABLE_ONEDNN_OPTS says otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    prepare_tensorflow()
     argv = sys.argv[1:] if argv is None else list(argv)
+    prepare_tensorflow(onednn=onednn)
     debug = "--debug" in argv
     try:
         code = main(argv)

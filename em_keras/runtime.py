@@ -19,11 +19,13 @@ import re
 import sys
 import tempfile
 
-__all__ = ["ONEDNN_ENV", "enable_onednn", "onednn_enabled", "quiet_tensorflow_import",
-           "prepare_tensorflow"]
+__all__ = ["ONEDNN_ENV", "enable_onednn", "undo_enable_onednn", "onednn_enabled",
+           "quiet_tensorflow_import", "prepare_tensorflow"]
 
 #: The environment variable TensorFlow reads once, when it loads.
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+#: Marks a ``TF_ENABLE_ONEDNN_OPTS=1`` that em_keras set (child processes inherit both).
+_AUTO_MARK = "EM_KERAS_ONEDNN_AUTO"
 
 _X86_64 = ("x86_64", "amd64")
 #: Start-up lines that carry no information for the user (printed before absl logging
@@ -53,8 +55,8 @@ def enable_onednn(environ=None, machine=None):
     Examples
     --------
     >>> env = {}
-    >>> enable_onednn(env, machine="x86_64"), env
-    (True, {'TF_ENABLE_ONEDNN_OPTS': '1'})
+    >>> enable_onednn(env, machine="x86_64"), env["TF_ENABLE_ONEDNN_OPTS"]
+    (True, '1')
     >>> enable_onednn({"TF_ENABLE_ONEDNN_OPTS": "0"}, machine="x86_64")
     False
     """
@@ -65,6 +67,31 @@ def enable_onednn(environ=None, machine=None):
     if environ is os.environ and "tensorflow" in sys.modules:
         return False
     environ[ONEDNN_ENV] = "1"
+    environ[_AUTO_MARK] = "1"
+    return True
+
+
+def undo_enable_onednn(environ=None):
+    """Remove a ``TF_ENABLE_ONEDNN_OPTS=1`` that :func:`enable_onednn` set, e.g. in a parent process.
+
+    TensorFlow's own default then applies. A value the user set is kept.
+
+    Returns
+    -------
+    bool
+        True when the variable was removed.
+
+    Examples
+    --------
+    >>> env = {}
+    >>> _ = enable_onednn(env, machine="x86_64")
+    >>> undo_enable_onednn(env), env
+    (True, {})
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(_AUTO_MARK) != "1" or environ.get(ONEDNN_ENV) != "1":
+        return False
+    del environ[ONEDNN_ENV], environ[_AUTO_MARK]
     return True
 
 
@@ -140,7 +167,20 @@ def quiet_tensorflow_import():
     return True
 
 
-def prepare_tensorflow():
-    """What the command-line tools do first: :func:`enable_onednn`, then :func:`quiet_tensorflow_import`."""
-    enable_onednn()
+def prepare_tensorflow(onednn=True):
+    """What the command-line tools do first, before TensorFlow loads.
+
+    Parameters
+    ----------
+    onednn : bool
+        True: :func:`enable_onednn`. False: :func:`undo_enable_onednn`, leaving
+        TensorFlow's default (``train_fcn.py``: FCN-8s trained slower with oneDNN
+        here, docs/PERFORMANCE.md).
+
+    Then :func:`quiet_tensorflow_import`.
+    """
+    if onednn:
+        enable_onednn()
+    else:
+        undo_enable_onednn()
     quiet_tensorflow_import()

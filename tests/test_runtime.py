@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_enable_onednn_sets_the_variable_on_x86_64(machine):
     env = {}
     assert runtime.enable_onednn(env, machine=machine) is True
-    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "1"
     assert runtime.onednn_enabled(env) is True
 
 
@@ -32,7 +32,7 @@ def test_enable_onednn_leaves_other_machines_alone():
     assert env == {} and runtime.onednn_enabled(env) is None
 
 
-def _run(code, env_extra=None, drop=("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")):
+def _run(code, env_extra=None, drop=("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "EM_KERAS_ONEDNN_AUTO")):
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env,
@@ -89,3 +89,24 @@ def test_run_json_versions_record_the_kernels_in_use():
     if wanted is None:
         pytest.skip("TF_ENABLE_ONEDNN_OPTS unset: TensorFlow's own default applies")
     assert versions()["tensorflow_onednn"] is wanted
+
+
+def test_undo_enable_onednn_only_removes_our_own_setting():
+    env = {}
+    runtime.enable_onednn(env, machine="x86_64")
+    assert runtime.undo_enable_onednn(env) is True and env == {}
+    user = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert runtime.undo_enable_onednn(user) is False and user == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+def test_fcn_cli_keeps_tensorflow_default_even_under_an_em_keras_parent():
+    # A parent em_keras process set the variable; train_fcn.py (onednn=False) takes it back.
+    r = _run("""
+        import os, sys
+        from em_keras.errors import run_cli
+        sys.exit(run_cli(lambda argv: print(os.environ.get("TF_ENABLE_ONEDNN_OPTS")), [], onednn=False))
+    """, {"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "None"
+    with open(os.path.join(ROOT, "train_fcn.py")) as fh:
+        assert "onednn=False" in fh.read()
