@@ -7,5 +7,4 @@ from em_keras.errors import run_cli
 from em_keras.training import main
 
 if __name__ == "__main__":
-    # Eigen kernels: FCN-8s trained ~1.3x slower with oneDNN here (docs/PERFORMANCE.md).
-    sys.exit(run_cli(lambda argv: main(argv, model="fcn"), onednn=False))
+    sys.exit(run_cli(lambda argv: main(argv, model="fcn")))

@@ -192,5 +192,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    # `train fcn` keeps TensorFlow's default kernels, as train_fcn.py does.
-    sys.exit(run_cli(main, onednn=sys.argv[1:3] != ["train", "fcn"]))
+    sys.exit(run_cli(main))

@@ -33,12 +33,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InputError(f"{message} (see {self.prog} --help)")
 
 
-def run_cli(main, argv=None, onednn=True):
+def run_cli(main, argv=None):
     """Run ``main(argv)`` and turn :class:`InputError` into a one-line error.
 
     First calls :func:`em_keras.runtime.prepare_tensorflow`: TensorFlow, loaded
-    later, then uses its oneDNN CPU kernels on x86-64 (unless ``onednn`` is False
-    or ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
+    later, then uses its oneDNN CPU kernels on x86-64 (unless
+    ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
 
     Parameters
     ----------
@@ -46,8 +46,6 @@ def run_cli(main, argv=None, onednn=True):
         Takes ``argv`` (list of str or None) and returns an exit code or None.
     argv : list of str, optional
         Arguments; ``sys.argv[1:]`` when None.
-    onednn : bool
-        Passed to :func:`em_keras.runtime.prepare_tensorflow`.
 
     Returns
     -------
@@ -65,7 +63,7 @@ def run_cli(main, argv=None, onednn=True):
     # and use its oneDNN CPU kernels on x86-64 unless TF_ENABLE_ONEDNN_OPTS says otherwise.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
-    prepare_tensorflow(onednn=onednn)
+    prepare_tensorflow()
     debug = "--debug" in argv
     try:
         code = main(argv)

@@ -91,6 +91,8 @@ def undo_enable_onednn(environ=None):
     environ = os.environ if environ is None else environ
     if environ.get(_AUTO_MARK) != "1" or environ.get(ONEDNN_ENV) != "1":
         return False
+    if environ is os.environ and "tensorflow" in sys.modules:
+        return False  # too late to matter
     del environ[ONEDNN_ENV], environ[_AUTO_MARK]
     return True
 
@@ -174,7 +176,7 @@ def prepare_tensorflow(onednn=True):
     ----------
     onednn : bool
         True: :func:`enable_onednn`. False: :func:`undo_enable_onednn`, leaving
-        TensorFlow's default (``train_fcn.py``: FCN-8s trained slower with oneDNN
+        TensorFlow's default (the FCN: FCN-8s trained slower with oneDNN
         here, docs/PERFORMANCE.md).
 
     Then :func:`quiet_tensorflow_import`.

@@ -130,7 +130,8 @@ PRESETS = {
 MODELS = {}
 
 
-def register_model(name, build, multiple, presets, inference=None, add_arguments=None, validate=None):
+def register_model(name, build, multiple, presets, inference=None, add_arguments=None, validate=None,
+                   onednn=True):
     """Register a model family for :func:`train` and the CLI.
 
     Parameters
@@ -151,9 +152,12 @@ def register_model(name, build, multiple, presets, inference=None, add_arguments
     validate : callable, optional
         ``validate(cfg)`` raises :class:`InputError` for bad model-specific values;
         called by :func:`resolve_config`, before anything is written.
+    onednn : bool
+        Whether :func:`main` asks for TensorFlow's oneDNN CPU kernels for this model
+        (see :func:`em_keras.runtime.prepare_tensorflow`); False keeps TensorFlow's default.
     """
     MODELS[name] = dict(build=build, multiple=multiple, inference=inference,
-                        add_arguments=add_arguments, validate=validate)
+                        add_arguments=add_arguments, validate=validate, onednn=onednn)
     PRESETS[name] = presets
 
 
@@ -251,8 +255,9 @@ def _validate_fcn(cfg):
         resolve_backbone_weights(cfg.backbone_weights)
 
 
+# FCN-8s trained ~1.3x slower with oneDNN on the 2-core EPYC (docs/PERFORMANCE.md).
 register_model("fcn", _build_fcn, lambda cfg: 32, PRESETS["fcn"],
-               add_arguments=_fcn_arguments, validate=_validate_fcn)
+               add_arguments=_fcn_arguments, validate=_validate_fcn, onednn=False)
 
 
 # ---- U-Net++ (em_keras.unetpp) -----------------------------------------------------------
@@ -1218,7 +1223,15 @@ def config_from_args(args, model):
 
 
 def main(argv=None, model="unet"):
-    """Entry point of ``train_unet.py``: parse the flags, then :func:`train`."""
+    """Entry point of ``train_unet.py``: parse the flags, then :func:`train`.
+
+    Before TensorFlow loads, picks the CPU kernels registered for ``model``
+    (:func:`register_model`'s ``onednn``).
+    """
+    from .runtime import prepare_tensorflow
+
+    if model in MODELS:
+        prepare_tensorflow(onednn=MODELS[model]["onednn"])
     args = build_parser(model).parse_args(argv)
     train(config_from_args(args, model))
     return 0
