@@ -55,9 +55,13 @@ def child(args):
     return 0
 
 
-def run_child(model, value, args):
-    """Run :func:`child` for ``model`` with ``TF_ENABLE_ONEDNN_OPTS=value``; return its dict."""
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value, TF_CPP_MIN_LOG_LEVEL="2")
+def run_child(model, value, args, extra_env=None):
+    """Run :func:`child` for ``model`` with ``TF_ENABLE_ONEDNN_OPTS=value``; return its dict.
+
+    ``extra_env``: more variables for the child (e.g. thread-pool sizes, ``bench/threads.py``).
+    """
+    extra_env = dict(extra_env or {})
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=value, TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--seed", str(args.seed)]
     if args.quick:
@@ -66,7 +70,8 @@ def run_child(model, value, args):
     lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{model} with TF_ENABLE_ONEDNN_OPTS={value} failed: {tail}")
+        extra = "".join(f", {k}={v}" for k, v in extra_env.items())
+        raise RuntimeError(f"{model} with TF_ENABLE_ONEDNN_OPTS={value}{extra} failed: {tail}")
     return json.loads(lines[-1])
 
 

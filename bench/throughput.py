@@ -198,6 +198,8 @@ def resolve_setup(name, quick=False):
         arch = f"FCN-{cfg.variant}, fc width {cfg.fc_width}"
     else:
         arch = f"filters {cfg.filters}, {cfg.upsampling} up-sampling"
+        if getattr(cfg, "batch_norm", None):
+            arch += ", batch norm"
         if getattr(cfg, "deep_supervision", None):
             arch += ", deep supervision"
     desc = f"{arch}; {how}, batch {cfg.batch_size}"

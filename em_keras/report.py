@@ -25,11 +25,13 @@ import dataclasses
 import json
 import os
 import shlex
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from .errors import ArgumentParser, InputError
+from .errors import ArgumentParser, InputError, TrainingError
 
 __all__ = [
     "Experiment",
@@ -100,6 +102,9 @@ DEFAULT_MATRIX = (
     Experiment("fcn8s-elastic", "fcn", ("--variant", "8s") + _ELASTIC, init_from="fcn16s"),
     # FCN-8s from scratch in one ~28-minute run: beats the 3-stage chain in about the same time.
     Experiment("fcn8s-direct", "fcn", ("--variant", "8s", "--epochs", "22", "--steps-per-epoch", "20")),
+    # The same without dropout or augmentation, Adam 2e-4: learns faster in the budget (88.59%).
+    Experiment("fcn8s-direct-noaug", "fcn", ("--variant", "8s", "--epochs", "22", "--steps-per-epoch", "20",
+                                             "--dropout", "0", "--lr", "2e-4") + _NOAUG),
 )
 
 #: The course report's own figures (its held-out slices were 25-29 of the full volume).
@@ -152,7 +157,8 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
 
     Returns the run directory.
     """
-    from .training import build_parser, config_from_args, train
+    from .runtime import kernels_differ
+    from .training import MODELS, build_parser, config_from_args, train
 
     out = os.path.join(runs, exp.name)
     status = _status(out)
@@ -175,6 +181,14 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
     elif os.path.isdir(out) and os.listdir(out):
         argv.append("--overwrite")  # a run that died before its first epoch
     log(f"[{exp.name}] {'resuming' if status else 'training'}: train {exp.model} {' '.join(argv)}")
+    if kernels_differ(MODELS[exp.model]["onednn"]):
+        # The FCN trains on TensorFlow's default kernels: TF reads that choice when it loads.
+        cmd = [sys.executable, "-m", "em_keras", "train", exp.model, *argv]
+        log(f"[{exp.name}] in its own process (TensorFlow's default CPU kernels)")
+        code = subprocess.run(cmd).returncode
+        if code != 0:
+            raise TrainingError(f"[{exp.name}] training failed with exit code {code}: {shlex.join(cmd)}")
+        return out
     args = build_parser(exp.model).parse_args(argv)
     train(config_from_args(args, exp.model), log=log)
     return out
@@ -456,7 +470,6 @@ def _parser():
 
 def main(argv=None, log=print):
     """``python -m em_keras report``."""
-    import sys
 
     args = _parser().parse_args(argv)
     from . import data

@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 
-__all__ = ["ONEDNN_ENV", "enable_onednn", "undo_enable_onednn", "onednn_enabled",
+__all__ = ["ONEDNN_ENV", "enable_onednn", "undo_enable_onednn", "onednn_enabled", "kernels_differ",
            "quiet_tensorflow_import", "prepare_tensorflow"]
 
 #: The environment variable TensorFlow reads once, when it loads.
@@ -103,6 +103,35 @@ def onednn_enabled(environ=None):
     if value is None:
         return None
     return value.strip().lower() in ("1", "true")
+
+
+def kernels_differ(onednn, environ=None):
+    """True when a model that wants ``onednn`` kernels cannot get them in this process.
+
+    That is the case when em_keras itself turned oneDNN on here
+    (:func:`enable_onednn`, e.g. ``python -m em_keras report``) and the model
+    asks for TensorFlow's default kernels (``onednn=False``, the FCN): TensorFlow
+    reads the choice once, when it loads, so such a model must train in a
+    process of its own, where :func:`prepare_tensorflow` takes the setting back.
+    A value the user set is never second-guessed.
+
+    Parameters
+    ----------
+    onednn : bool
+        The model's registered choice (``em_keras.training.register_model``).
+    environ : mapping, optional
+        Defaults to ``os.environ``.
+
+    Examples
+    --------
+    >>> kernels_differ(False, {"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"})
+    True
+    >>> kernels_differ(False, {"TF_ENABLE_ONEDNN_OPTS": "1"})  # the user's own setting
+    False
+    """
+    environ = os.environ if environ is None else environ
+    return (not onednn and environ.get(_AUTO_MARK) == "1"
+            and onednn_enabled(environ) is True)
 
 
 @contextlib.contextmanager

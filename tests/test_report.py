@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -95,6 +97,43 @@ def test_smoke_report_trains_scores_and_resumes(tmp_path, tiny_stack, capsys):
     assert "training" not in second and second.count("done, not retrained") == 2
     assert os.path.getmtime(runs / "unet" / "metrics.json") == stamp
     assert page.read_text() == text
+
+
+def _tensorflow_default_onednn():
+    """Whether TensorFlow turns oneDNN on by itself on this CPU (a fresh process, variable unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "EM_KERAS_ONEDNN_AUTO")}
+    code = "from tensorflow.python.util import _pywrap_util_port as p; print(bool(p.IsMklEnabled()))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[-1] == "True"
+
+
+def test_fcn_experiment_trains_in_its_own_process_on_default_kernels(tmp_path, monkeypatch, capsys):
+    """``report`` runs with the oneDNN kernels that em_keras turns on; the FCN opts out of them."""
+    from em_keras.data import synthetic_em
+    from em_keras.training import versions
+
+    if versions()["tensorflow_onednn"] is not True:
+        pytest.skip("this process's TensorFlow runs without oneDNN (not x86-64?)")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("EM_KERAS_ONEDNN_AUTO", "1")
+    images, labels = synthetic_em(n=6, size=64, seed=3)
+    tifffile.imwrite(tmp_path / "train-volume.tif", (images * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "train-labels.tif", (labels * 255).astype(np.uint8))
+    runs = tmp_path / "runs"
+    exp = report.Experiment("fcn8s-direct", "fcn", ("--variant", "8s"))
+    out = report.run_experiment(exp, str(runs), str(tmp_path), "4-5", smoke=True)
+    assert "[fcn8s-direct] in its own process" in capsys.readouterr().out
+    run = json.loads((runs / "fcn8s-direct" / "run.json").read_text())
+    # TensorFlow's own default: Eigen on AVX2-only CPUs such as Zen 3 (where this process has oneDNN
+    # on), oneDNN on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX
+    assert run["versions"]["tensorflow_onednn"] is _tensorflow_default_onednn()
+    assert os.path.isfile(os.path.join(out, "metrics.json"))
+
+    bad = report.Experiment("fcn-bad", "fcn", ("--variant", "4s"))
+    with pytest.raises(report.TrainingError, match=r"\[fcn-bad\] training failed with exit code 2"):
+        report.run_experiment(bad, str(runs), str(tmp_path), "4-5", smoke=True)
+    assert not os.path.exists(runs / "fcn-bad")
 
 
 def test_list_prints_status(tmp_path, capsys):

@@ -91,6 +91,17 @@ def test_run_json_versions_record_the_kernels_in_use():
     assert versions()["tensorflow_onednn"] is wanted
 
 
+@pytest.mark.parametrize("env, onednn, expected", [
+    ({"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"}, False, True),  # our setting, FCN
+    ({"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"}, True, False),  # U-Net: same kernels
+    ({"TF_ENABLE_ONEDNN_OPTS": "1"}, False, False),  # the user's own choice
+    ({"TF_ENABLE_ONEDNN_OPTS": "0", "EM_KERAS_ONEDNN_AUTO": "1"}, False, False),
+    ({}, False, False),
+])
+def test_kernels_differ_only_when_em_keras_chose_onednn_for_a_model_that_opts_out(env, onednn, expected):
+    assert runtime.kernels_differ(onednn, env) is expected
+
+
 def test_undo_enable_onednn_only_removes_our_own_setting():
     env = {}
     runtime.enable_onednn(env, machine="x86_64")
