@@ -157,6 +157,11 @@ def build_parser():
     return p
 
 
+def _rate(value):
+    """Images/s to print: one decimal from 10 up, else three significant digits."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
@@ -188,8 +193,8 @@ def main(argv=None):
                 if policy == "float32":
                     base = rate
                 ratio = "" if base is None or policy == "float32" else f"{rate / base:.2f}x"
-                print(f"{name:<12}{batch:>6}  {policy:<15}{rate:>10.1f}"
-                      f"{'' if tflops is None else f'{tflops:.1f}':>9}{ratio:>11}"
+                print(f"{name:<12}{batch:>6}  {policy:<15}{_rate(rate):>10}"
+                      f"{'' if tflops is None else f'{tflops:.2f}':>9}{ratio:>11}"
                       f"{r['compile_s']:>10.1f}  {','.join(r['output_dtypes'])}", flush=True)
                 rows.append(dict(model=name, batch_size=batch, policy=policy, side=r["side"],
                                  images_per_s=rate, windows=r["rates"], tflops=tflops,
@@ -207,4 +212,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    throughput._use_repo()
+    from em_keras.errors import run_cli  # oneDNN on x86-64 and no TensorFlow banner, as in train
+
+    sys.exit(run_cli(main))
