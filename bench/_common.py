@@ -145,6 +145,7 @@ _FMA_SOURCE = r"""
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #if defined(__AVX512F__)
 typedef __m512 vec;
@@ -216,7 +217,7 @@ def measure_fma_peak(info=None, cores=None, iterations=100_000_000, tries=3):
     with tempfile.TemporaryDirectory(prefix="em_keras_fma_") as tmp:
         src, exe = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma")
         with open(src, "w") as fh:
-            fh.write("#include <string.h>\n" + _FMA_SOURCE)
+            fh.write(_FMA_SOURCE)
         r = subprocess.run([cc, "-O3", *arch, "-o", exe, src], capture_output=True, text=True)
         if r.returncode != 0:
             return None

@@ -470,7 +470,6 @@ def _parser():
 
 def main(argv=None, log=print):
     """``python -m em_keras report``."""
-
     args = _parser().parse_args(argv)
     from . import data
 
