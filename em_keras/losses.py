@@ -22,6 +22,7 @@ from em_keras.errors import InputError
 
 __all__ = [
     "LOSSES",
+    "PIXEL_LOSSES",
     "binary_focal_loss",
     "dice_loss",
     "bce_dice_loss",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 LOSSES = ("bce", "focal", "dice", "bce_dice", "bce_sum")
+#: Losses that keep one value per pixel, so per-pixel ``sample_weight`` maps (the U-Net
+#: paper's border weights) apply; Dice is per image and ``bce_sum`` sums over the pixels.
+PIXEL_LOSSES = ("bce", "focal")
 
 _register = keras.saving.register_keras_serializable(package="em_keras")
 

@@ -365,10 +365,13 @@ def resolve_config(cfg):
         raise InputError(f"--border-weight must be >= 0, got {out.border_weight}")
     if out.seed is not None and not 0 <= out.seed < 2 ** 32:
         raise InputError(f"--seed must be in [0, 2^32), got {out.seed}")
-    from .losses import LOSSES
+    from .losses import LOSSES, PIXEL_LOSSES
 
     if out.loss not in LOSSES:
         raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {out.loss!r}")
+    if out.border_weight and out.loss not in PIXEL_LOSSES:
+        raise InputError(f"--border-weight weights each pixel's loss and needs a per-pixel loss "
+                         f"(--loss {' or '.join(PIXEL_LOSSES)}), got --loss {out.loss}")
     mult = MODELS[out.model]["multiple"](out)
     for name in ("crop", "size"):
         val = getattr(out, name)

@@ -250,3 +250,16 @@ def test_keras_file_round_trip_without_custom_objects(loss, tmp_path):
     want = loss(y, model(x))
     got = loaded.loss(y, loaded(x))
     assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", L.PIXEL_LOSSES)
+def test_pixel_losses_take_per_pixel_weight_maps(name):
+    """Border-weight maps reach the loss as (B, H, W) ``sample_weight``; zero weight drops a pixel."""
+    y = np.array([[[1.0, 0.0], [1.0, 1.0]]], np.float32)[..., None]
+    p = np.array([[[0.9, 0.4], [0.2, 0.7]]], np.float32)[..., None]
+    loss = L.get_loss(name)
+    w = np.array([[[1.0, 0.0], [0.0, 0.0]]], np.float32)
+    only_first = float(loss(y[:, :1, :1], p[:, :1, :1]))
+    assert float(loss(y, p, sample_weight=w)) == pytest.approx(only_first / 4, rel=1e-5)
+    assert float(loss(y, p, sample_weight=2 * np.ones((1, 2, 2), np.float32))) == pytest.approx(
+        2 * float(loss(y, p)), rel=1e-5)

@@ -6,6 +6,7 @@ stack, a few steps long.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -405,3 +406,13 @@ def test_border_weight_run_uses_weight_maps(stack, tmp_path):
     assert json.loads((tmp_path / "bw" / "run.json").read_text())["config"]["border_weight"] == 10.0
     with pytest.raises(InputError, match="--border-weight must be >= 0"):
         training.resolve_config(TrainConfig(border_weight=-1.0, out=str(tmp_path / "x")))
+
+
+@pytest.mark.parametrize("model, loss", [("unetpp", None), ("unet", "dice"), ("unet", "bce_sum")])
+def test_border_weight_needs_a_per_pixel_loss(model, loss, tmp_path):
+    cfg = TrainConfig(model=model, border_weight=10.0, loss=loss, out=str(tmp_path / "x"))
+    with pytest.raises(InputError, match="--border-weight .* needs a per-pixel loss .*bce or focal"):
+        training.resolve_config(cfg)
+    assert not os.path.exists(tmp_path / "x")
+    for ok in ("bce", "focal"):
+        assert training.resolve_config(dataclasses.replace(cfg, loss=ok)).loss == ok
