@@ -24,7 +24,6 @@ Examples
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -113,14 +112,10 @@ def measure(name, policy, batch_size, warmup, steps, repeats, seed=0, quick=Fals
         y = (rng.random((batch_size, side, side, 1)) > 0.5).astype(np.float32)
         n_out = len(model.outputs)
         targets = y if n_out == 1 else tuple([y] * n_out)
-        timer = throughput._step_timer()
         total = warmup + steps * repeats
         t0 = time.perf_counter()
-        model.fit(_repeat(x, targets, total), epochs=1, steps_per_epoch=total, verbose=0,
-                  callbacks=[timer], shuffle=False)
-        t = timer.times
-        marks = [t[warmup - 1 + r * steps] for r in range(repeats + 1)]
-        rates = [steps * batch_size / (b - a) for a, b in zip(marks, marks[1:])]
+        t = throughput.fit_step_times(model, _repeat(x, targets, total), total)
+        rates = throughput.window_rates(t, batch_size, warmup, steps, repeats)
         flops, _ = throughput.forward_flops(model, side, side)
         return {"rates": rates, "flops": flops, "side": side, "compile_s": t[warmup - 1] - t0,
                 "output_dtypes": dtypes}
@@ -131,14 +126,6 @@ def measure(name, policy, batch_size, warmup, steps, repeats, seed=0, quick=Fals
 def _repeat(x, y, n):
     for _ in range(n):
         yield x, y
-
-
-def write_json(path, report):
-    """Write ``report`` to ``path`` atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)
 
 
 def build_parser():
@@ -167,6 +154,8 @@ def main(argv=None):
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1:
         raise SystemExit("error: --warmup, --steps and --repeats must be >= 1")
     import keras
+
+    from em_keras.atomic import save_json
 
     models = [m for m in args.models.split(",") if m]
     policies = [p for p in args.policies.split(",") if p]
@@ -201,7 +190,7 @@ def main(argv=None):
                                  forward_flops_per_image=r["flops"], warmup_s=r["compile_s"],
                                  output_dtypes=r["output_dtypes"]))
                 if args.json:  # after every row, so a run cut short keeps what it measured
-                    write_json(args.json, dict(
+                    save_json(args.json, dict(
                         backend=keras.backend.backend(), backend_version=version,
                         keras=keras.__version__, device=dev,
                         command=command, warmup=args.warmup, steps=args.steps,

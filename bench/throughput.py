@@ -435,11 +435,20 @@ def time_fit(model, data, batch_size, warmup, steps, repeats):
     -------
     list of float
     """
+    return window_rates(fit_step_times(model, data, warmup + steps * repeats),
+                        batch_size, warmup, steps, repeats)
+
+
+def fit_step_times(model, data, total):
+    """``perf_counter`` after each of ``total`` steps of one ``model.fit``."""
     timer = _step_timer()
-    model.fit(data, epochs=1, steps_per_epoch=warmup + steps * repeats, verbose=0,
-              callbacks=[timer], shuffle=False)
-    t = timer.times
-    marks = [t[warmup - 1 + r * steps] for r in range(repeats + 1)]
+    model.fit(data, epochs=1, steps_per_epoch=total, verbose=0, callbacks=[timer], shuffle=False)
+    return timer.times
+
+
+def window_rates(times, batch_size, warmup, steps, repeats):
+    """Images/s of each window of ``steps`` steps after the first ``warmup`` step times."""
+    marks = [times[warmup - 1 + r * steps] for r in range(repeats + 1)]
     return [steps * batch_size / (b - a) for a, b in zip(marks, marks[1:])]
 
 
