@@ -34,6 +34,7 @@ __all__ = [
     "MODELS",
     "register_model",
     "resolve_config",
+    "make_augmenter",
     "build_parser",
     "build_model",
     "make_optimizer",
@@ -71,6 +72,7 @@ class TrainConfig:
     weight_decay: float = None
     loss: str = None
     augment: bool = None
+    affine: bool = None  # the report's rotation/shift/shear/zoom; off = flips and rot90 only
     rot90: bool = None
     vertical_flip: bool = None
     elastic: float = None
@@ -316,6 +318,32 @@ register_model("unetpp", _build_unetpp, lambda cfg: 2 ** cfg.depth, PRESETS["une
                validate=_validate_unetpp)
 
 
+def make_augmenter(cfg):
+    """The training augmentation of a resolved config, or None without ``--augment``.
+
+    ``cfg.affine`` keeps the report's rotation, shifts, shear and zoom; without
+    it only the exact flips and 90-degree rotations remain (plus elastic
+    deformation when ``cfg.elastic`` > 0).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        As returned by :func:`resolve_config`.
+
+    Returns
+    -------
+    em_keras.augment.Augmenter or None
+    """
+    if not cfg.augment:
+        return None
+    from .augment import Augmenter
+
+    ranges = {} if cfg.affine else dict(rotation_range=0.0, width_shift_range=0.0,
+                                        height_shift_range=0.0, shear_range=0.0, zoom_range=0.0)
+    return Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
+                     elastic_alpha=cfg.elastic or 0.0, **ranges)
+
+
 def resolve_config(cfg):
     """Fill ``None`` fields from the preset and validate every value.
 
@@ -338,6 +366,8 @@ def resolve_config(cfg):
             values["size"] = None
         else:
             values["crop"] = None
+    if values["affine"] is None:
+        values["affine"] = True
     out = TrainConfig(**values)
     for name in ("epochs", "steps_per_epoch", "batch_size", "filters", "depth", "fc_width"):
         val = getattr(out, name)
@@ -1031,12 +1061,7 @@ def train(cfg, log=print, callbacks=()):
     if chief:
         save_json(os.path.join(cfg.out, "run.json"), run_info)
 
-    augmenter = None
-    if cfg.augment:
-        from .augment import Augmenter
-
-        augmenter = Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
-                              elastic_alpha=cfg.elastic or 0.0)
+    augmenter = make_augmenter(cfg)
     # Global batch = per-replica batch x replicas; tf.distribute splits it.
     weights = None
     if cfg.border_weight:
@@ -1185,6 +1210,9 @@ def build_parser(model="unet", description=None):
     g = p.add_argument_group("input")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="the report's augmentation (rotation 10, shifts/shear/zoom 0.05, h-flip)")
+    g.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --augment: the report's rotation, shifts, shear and zoom (default); "
+                        "--no-affine keeps only the exact flips and 90-degree rotations")
     g.add_argument("--rot90", action=argparse.BooleanOptionalAction, default=None,
                    help="also random 90-degree rotations")
     g.add_argument("--vertical-flip", action=argparse.BooleanOptionalAction, default=None)

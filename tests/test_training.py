@@ -416,3 +416,32 @@ def test_border_weight_needs_a_per_pixel_loss(model, loss, tmp_path):
     assert not os.path.exists(tmp_path / "x")
     for ok in ("bce", "focal"):
         assert training.resolve_config(dataclasses.replace(cfg, loss=ok)).loss == ok
+
+
+def test_no_affine_keeps_only_exact_flips_and_quarter_turns():
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype("float32")
+    m = (x > 0.5).astype("float32")
+
+    def dihedral_only(aug):
+        out, mask = aug(tf.constant(x), tf.constant(m), seed=[3, 4])
+        out, mask = np.asarray(out), np.asarray(mask)
+        exact = [any(np.array_equal(o, np.rot90(f, k)) for f in (xi, xi[:, ::-1]) for k in range(4))
+                 for o, xi in zip(out, x)]
+        if all(exact):  # then the mask went through the same flips and turns
+            assert np.array_equal(mask, (out > 0.5).astype("float32"))
+        return all(exact)
+
+    plain = training.resolve_config(TrainConfig(model="unet", preset="cpu"))
+    assert plain.affine is True
+    assert not dihedral_only(training.make_augmenter(plain))
+    off = training.resolve_config(TrainConfig(model="unet", preset="cpu", affine=False))
+    aug = training.make_augmenter(off)
+    assert (aug.rotation_range, aug.shear_range, aug.zoom_range) == (0.0, 0.0, 0.0)
+    assert aug.rot90 and aug.horizontal_flip and aug.vertical_flip
+    assert dihedral_only(aug)
+    assert training.make_augmenter(training.resolve_config(
+        TrainConfig(model="unet", preset="cpu", augment=False))) is None
+    args = training.build_parser("unet").parse_args(["--no-affine", "--out", "x"])
+    assert training.config_from_args(args, "unet").affine is False
