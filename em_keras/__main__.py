@@ -46,7 +46,9 @@ def predict_main(argv):
     """``python -m em_keras predict --model M --images STACK --out probs.npy``."""
     p = ArgumentParser(prog="python -m em_keras predict",
                                 description="Predict P(cell) for every slice of a stack at full size.")
-    p.add_argument("--model", required=True, help=".keras file or exported SavedModel directory")
+    p.add_argument("--model", required=True, action="append",
+                   help=".keras file or exported SavedModel directory; repeat it to average "
+                        "the P(cell) of several models (an ensemble)")
     p.add_argument("--images", required=True, help="TIFF stack, image, or folder of PNG/TIFF slices")
     p.add_argument("--out", required=True, help="output .npy, float32 (N, H, W) P(cell)")
     p.add_argument("--slices", help="only these slices, e.g. 20-24")
@@ -63,7 +65,7 @@ def predict_main(argv):
     args = p.parse_args(argv)
     from . import data
     from .atomic import check_writable, save_npy, save_tiff
-    from .predict import load_model, model_multiple, predict_stack
+    from .predict import load_model, model_multiple, predict_ensemble
 
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
@@ -88,16 +90,17 @@ def predict_main(argv):
     images = data.read_stack(args.images)
     if args.slices:
         images = images[data.parse_slices(args.slices, len(images), "--slices")]
-    model = load_model(args.model)
-    stride = args.multiple or model_multiple(model)
+    models = [load_model(path) for path in args.model]
+    stride = args.multiple or int(np.lcm.reduce([model_multiple(m) for m in models]))
     if args.tile is not None and args.tile % stride:
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
-    probs = predict_stack(model, images, multiple=stride, batch_size=args.batch_size,
-                          tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta)
+    probs = predict_ensemble(models, images, multiple=stride, batch_size=args.batch_size,
+                             tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta)
     save_npy(args.out, probs)
     if args.masks:
         save_tiff(args.masks, np.where(probs > args.threshold, 255, 0).astype(np.uint8))
-    print(f"wrote {args.out}: {probs.shape[0]} slices of {probs.shape[1]}x{probs.shape[2]} P(cell)")
+    what = "P(cell)" if len(models) == 1 else f"P(cell), mean of {len(models)} models"
+    print(f"wrote {args.out}: {probs.shape[0]} slices of {probs.shape[1]}x{probs.shape[2]} {what}")
     return 0
 
 

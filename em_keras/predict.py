@@ -19,8 +19,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "model_multiple", "tile_starts", "blend_window",
-           "dihedral_transforms"]
+__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple",
+           "tile_starts", "blend_window", "dihedral_transforms"]
 
 
 def load_model(path):
@@ -416,3 +416,50 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     for forward, inverse in dihedral_transforms():
         out += inverse(run(forward(images)))
     return out / np.float32(8)
+
+
+def predict_ensemble(models, images, multiple=None, **kwargs):
+    """Mean P(cell) of several models: :func:`predict_stack` with each, then averaged.
+
+    Every model sees the same input, padded to a multiple of all their strides
+    (their least common multiple, unless ``multiple`` is given), with the same
+    tiling and test-time augmentation. Averaging the probabilities of
+    independently trained networks is the simplest ensemble; it smooths out
+    each one's idiosyncratic errors (Lakshminarayanan et al. 2017).
+
+    Parameters
+    ----------
+    models : sequence of keras.Model or callables
+        At least one; each as accepted by :func:`predict_stack`.
+    images : ndarray, (N, H, W) float in [0, 1]
+    multiple : int, optional
+        Pad to a multiple of this (default: LCM of the models' strides).
+    **kwargs
+        ``batch_size``, ``tile``, ``overlap``, ``tta``: see :func:`predict_stack`.
+
+    Returns
+    -------
+    ndarray, float32, (N, H, W)
+
+    References
+    ----------
+    B. Lakshminarayanan, A. Pritzel, C. Blundell, "Simple and Scalable Predictive
+    Uncertainty Estimation using Deep Ensembles", NeurIPS 2017.
+
+    Examples
+    --------
+    >>> from em_keras.unet import build_unet
+    >>> a, b = build_unet(filters=4, depth=2), build_unet(filters=4, depth=3)
+    >>> predict_ensemble([a, b], np.zeros((1, 30, 30), np.float32)).shape
+    (1, 30, 30)
+    """
+    models = list(models)
+    if not models:
+        raise InputError("predict_ensemble needs at least one model")
+    if multiple is None:
+        multiple = int(np.lcm.reduce([model_multiple(m) for m in models]))
+    out = None
+    for model in models:
+        probs = predict_stack(model, images, multiple=multiple, **kwargs)
+        out = probs if out is None else out + probs
+    return out / np.float32(len(models))

@@ -263,3 +263,37 @@ def test_cli_predict_bad_tile_flags(cli_files, capsys, flags, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (d / "bad.npy").exists()
+
+
+def test_predict_ensemble_is_the_mean_of_its_models_on_a_common_stride():
+    from em_keras.predict import predict_ensemble
+
+    keras.utils.set_random_seed(1)
+    a, b = build_unet(filters=4, depth=2), build_unet(filters=4, depth=3)  # strides 4 and 8
+    x = np.random.default_rng(2).random((2, 30, 36)).astype(np.float32)
+    pa, pb = predict_stack(a, x, multiple=8), predict_stack(b, x, multiple=8)
+    assert not np.allclose(pa, pb, atol=1e-3)
+    np.testing.assert_allclose(predict_ensemble([a, b], x), (pa + pb) / 2, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(predict_ensemble([a], x), predict_stack(a, x))
+    tta = predict_ensemble([a, b], x, tile=16, overlap=4, tta=True)
+    expected = (predict_stack(a, x, multiple=8, tile=16, overlap=4, tta=True)
+                + predict_stack(b, x, multiple=8, tile=16, overlap=4, tta=True)) / 2
+    np.testing.assert_allclose(tta, expected, rtol=0, atol=1e-7)
+    with pytest.raises(InputError, match="at least one model"):
+        predict_ensemble([], x)
+
+
+def test_cli_predict_averages_repeated_models(cli_files, capsys):
+    d = cli_files
+    keras.utils.set_random_seed(3)
+    build_unet(filters=4, depth=3).save(d / "m8.keras")
+    out = d / "ens.npy"
+    argv = ["--model", str(d / "m.keras"), "--model", str(d / "m8.keras"), "--images", str(d / "x.tif"),
+            "--out", str(out)]
+    assert run_cli(predict_main, argv) == 0
+    assert "mean of 2 models" in capsys.readouterr().out
+    from em_keras.data import read_stack
+
+    x = read_stack(str(d / "x.tif"))
+    parts = [predict_stack(load_model(str(d / n)), x, multiple=8) for n in ("m.keras", "m8.keras")]
+    np.testing.assert_allclose(np.load(out), (parts[0] + parts[1]) / 2, rtol=0, atol=1e-7)
