@@ -65,7 +65,7 @@ def predict_main(argv):
     args = p.parse_args(argv)
     from . import data
     from .atomic import check_writable, save_npy, save_tiff
-    from .predict import load_model, model_multiple, predict_ensemble
+    from .predict import common_multiple, load_model, predict_ensemble
 
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
@@ -91,7 +91,7 @@ def predict_main(argv):
     if args.slices:
         images = images[data.parse_slices(args.slices, len(images), "--slices")]
     models = [load_model(path) for path in args.model]
-    stride = args.multiple or int(np.lcm.reduce([model_multiple(m) for m in models]))
+    stride = args.multiple or common_multiple(models)
     if args.tile is not None and args.tile % stride:
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
     probs = predict_ensemble(models, images, multiple=stride, batch_size=args.batch_size,

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple",
+__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple", "common_multiple",
            "tile_starts", "blend_window", "dihedral_transforms"]
 
 
@@ -120,6 +120,11 @@ def model_multiple(model, default=32):
         return default
     pools = sum(1 for layer in layers if type(layer).__name__ == "MaxPooling2D")
     return 2 ** pools if pools else default
+
+
+def common_multiple(models):
+    """Least common multiple of the models' strides (:func:`model_multiple`): a size every one accepts."""
+    return int(np.lcm.reduce([model_multiple(m) for m in models]))
 
 
 def pad_to_multiple(images, multiple, mode="reflect"):
@@ -457,7 +462,7 @@ def predict_ensemble(models, images, multiple=None, **kwargs):
     if not models:
         raise InputError("predict_ensemble needs at least one model")
     if multiple is None:
-        multiple = int(np.lcm.reduce([model_multiple(m) for m in models]))
+        multiple = common_multiple(models)
     out = None
     for model in models:
         probs = predict_stack(model, images, multiple=multiple, **kwargs)

@@ -72,7 +72,7 @@ class TrainConfig:
     weight_decay: float = None
     loss: str = None
     augment: bool = None
-    affine: bool = None  # the report's rotation/shift/shear/zoom; off = flips and rot90 only
+    affine: bool = True  # with augment: the report's rotation/shift/shear/zoom; off = flips and rot90 only
     rot90: bool = None
     vertical_flip: bool = None
     elastic: float = None
@@ -366,8 +366,6 @@ def resolve_config(cfg):
             values["size"] = None
         else:
             values["crop"] = None
-    if values["affine"] is None:
-        values["affine"] = True
     out = TrainConfig(**values)
     for name in ("epochs", "steps_per_epoch", "batch_size", "filters", "depth", "fc_width"):
         val = getattr(out, name)
@@ -1210,7 +1208,7 @@ def build_parser(model="unet", description=None):
     g = p.add_argument_group("input")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="the report's augmentation (rotation 10, shifts/shear/zoom 0.05, h-flip)")
-    g.add_argument("--affine", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True,
                    help="with --augment: the report's rotation, shifts, shear and zoom (default); "
                         "--no-affine keeps only the exact flips and 90-degree rotations")
     g.add_argument("--rot90", action=argparse.BooleanOptionalAction, default=None,
