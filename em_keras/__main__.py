@@ -4,6 +4,7 @@ Examples
 --------
 python -m em_keras predict --model runs/unet/last.keras --images test-volume.tif --out probs.npy
 python -m em_keras evaluate --probs runs/unet/probs.npy --labels train-labels.tif --slices 20-24
+python -m em_keras calibrate --probs train_probs.npy --labels train-labels.tif --slices 0-19
 python -m em_keras report --data ../shared/data/isbi2012 --only unet,unetpp --crf unet
 """
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .errors import ArgumentParser, InputError, run_cli
 
-__all__ = ["main", "predict_main", "evaluate_main", "report_main", "load_probs"]
+__all__ = ["main", "predict_main", "evaluate_main", "calibrate_main", "report_main", "load_probs"]
 
 
 def load_probs(path):
@@ -59,13 +60,16 @@ def predict_main(argv):
     p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles, 0 <= OVERLAP < TILE/2 "
                    "(default 32, or TILE/4 if that is smaller; needs --tile)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    p.add_argument("--offset", metavar="DY,DX|JSON",
+                   help="shift P(cell) by DY,DX pixels (sub-pixel, bilinear) to where the labels are drawn; "
+                        "or a JSON file with an 'offset', e.g. a training run's metrics.json")
     p.add_argument("--masks", help="also write uint8 0/255 masks (cell = 255) to this .tif")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     from . import data
     from .atomic import check_writable, save_npy, save_tiff
-    from .predict import common_multiple, load_model, predict_ensemble
+    from .predict import common_multiple, load_model, parse_offset, predict_ensemble, shift_probs
 
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
@@ -80,6 +84,7 @@ def predict_main(argv):
         raise InputError("--batch-size and --multiple must be positive")
     if args.tile is None and args.overlap is not None:
         raise InputError("--overlap needs --tile")
+    offset = parse_offset(args.offset) if args.offset is not None else None
     if args.tile is not None:
         if args.tile <= 0:
             raise InputError(f"--tile {args.tile}: must be positive")
@@ -96,12 +101,28 @@ def predict_main(argv):
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
     probs = predict_ensemble(models, images, multiple=stride, batch_size=args.batch_size,
                              tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta)
+    if offset is not None:
+        probs = shift_probs(probs, offset)
     save_npy(args.out, probs)
     if args.masks:
         save_tiff(args.masks, np.where(probs > args.threshold, 255, 0).astype(np.uint8))
     what = "P(cell)" if len(models) == 1 else f"P(cell), mean of {len(models)} models"
     print(f"wrote {args.out}: {probs.shape[0]} slices of {probs.shape[1]}x{probs.shape[2]} {what}")
     return 0
+
+
+def _probs_and_labels(args):
+    """``--probs`` and the ``--labels`` slices they belong to, checked to match."""
+    from . import data
+
+    probs = load_probs(args.probs)
+    labels = data.read_labels(args.labels)
+    if args.slices:
+        labels = labels[data.parse_slices(args.slices, len(labels), "--slices")]
+    if labels.shape != probs.shape:
+        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == probs.shape[1:] else ""
+        raise InputError(f"{args.probs}: shape {probs.shape} does not match labels {args.labels} {labels.shape}{hint}")
+    return probs, labels
 
 
 def evaluate_main(argv):
@@ -116,26 +137,54 @@ def evaluate_main(argv):
     p.add_argument("--no-isbi", action="store_true", help="skip V_rand / V_info")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    from . import data, metrics
+    from . import metrics
     from .atomic import check_writable, save_json
 
     if not 0 < args.threshold < 1:
         raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
     if args.json is not None:
         check_writable(args.json, "--json")
-    probs = load_probs(args.probs)
-    labels = data.read_labels(args.labels)
-    if args.slices:
-        labels = labels[data.parse_slices(args.slices, len(labels), "--slices")]
-    if labels.shape != probs.shape:
-        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == probs.shape[1:] else ""
-        raise InputError(f"{args.probs}: shape {probs.shape} does not match labels {args.labels} {labels.shape}{hint}")
+    probs, labels = _probs_and_labels(args)
     result = metrics.accuracy_table(labels, probs, args.threshold)
     if not args.no_isbi:
         result.update({k: v for k, v in metrics.isbi_evaluate(labels, probs).items() if np.isscalar(v)})
     print(metrics.format_table({os.path.basename(args.probs): result}))
     if args.json:
         save_json(args.json, result)
+    return 0
+
+
+def calibrate_main(argv):
+    """``python -m em_keras calibrate --probs P.npy --labels L.tif``: the label offset for ``predict --offset``."""
+    p = ArgumentParser(prog="python -m em_keras calibrate",
+                       description="Measure the sub-pixel shift of P(cell) that best matches the labels "
+                                   "(pixel accuracy), on labelled slices such as the training slices.")
+    p.add_argument("--probs", required=True, help=".npy float (N, H, W) P(cell) of labelled slices")
+    p.add_argument("--labels", required=True, help="label stack (TIFF/PNG folder)")
+    p.add_argument("--slices", help="label slices the probabilities belong to, e.g. 0-19")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--max-shift", type=float, default=1.0, help="search range, pixels (default 1)")
+    p.add_argument("--step", type=float, default=0.125, help="resolution, pixels (default 0.125)")
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    from .atomic import check_writable, save_json
+    from .predict import calibrate_offset
+
+    if not 0 < args.threshold < 1:
+        raise InputError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if not (args.step > 0 and args.max_shift >= args.step):
+        raise InputError(f"--step must be > 0 and --max-shift >= --step, got {args.step} and {args.max_shift}")
+    if args.json is not None:
+        check_writable(args.json, "--json")
+    probs, labels = _probs_and_labels(args)
+    result = calibrate_offset(labels, probs, threshold=args.threshold, max_shift=args.max_shift, step=args.step)
+    dy, dx = result["offset"]
+    print(f"offset {dy:g},{dx:g}  (pixel accuracy {result['accuracy_unshifted']:.4f} unshifted, "
+          f"{result['accuracy']:.4f} shifted; border of {int(np.ceil(args.max_shift)) + 1} px excluded)")
+    print(f"use: python -m em_keras predict ... --offset={dy:g},{dx:g}")
+    if args.json:
+        save_json(args.json, {**result, "offset": [dy, dx]})
     return 0
 
 
@@ -178,8 +227,8 @@ def report_main(argv):
     return report_entry(argv)
 
 
-COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "train": train_main, "synth": synth_main,
-            "report": report_main}
+COMMANDS = {"predict": predict_main, "evaluate": evaluate_main, "calibrate": calibrate_main,
+            "train": train_main, "synth": synth_main, "report": report_main}
 
 
 def main(argv=None):

@@ -101,6 +101,7 @@ class TrainConfig:
     strategy: str = "default"  # "default", "mirrored" or "multiworker" (tf.distribute)
     threshold: float = 0.5
     tta: bool = None
+    calibrate_offset: bool = None  # shift P(cell) by the label offset measured on training slices
     verbose: int = 2
     extra: dict = dataclasses.field(default_factory=dict)
 
@@ -114,14 +115,14 @@ PRESETS = {
             optimizer="adam", lr=1e-5, lr_schedule="constant", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=2, crop=None, size=512, augment=True, rot90=False,
             vertical_flip=False, elastic=0.0, epochs=20, steps_per_epoch=300, seed=0,
-            jit_compile=False, tta=False,
+            jit_compile=False, tta=False, calibrate_offset=False,
         ),
         "cpu": dict(
             filters=16, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
             optimizer="adam", lr=1e-3, lr_schedule="cosine", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=4, crop=256, size=None, augment=True, rot90=True,
             vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=60, seed=0,
-            jit_compile=False, tta=True,
+            jit_compile=False, tta=True, calibrate_offset=True,
         ),
     },
 }
@@ -196,7 +197,7 @@ _FCN_BASE = dict(
     optimizer="sgd",
     lr=1e-10, lr_schedule="constant", momentum=0.99, weight_decay=5e-4, loss="bce_sum",
     batch_size=1, crop=None, size=256, augment=True, rot90=False, vertical_flip=False,
-    elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False,
+    elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
 )
 PRESETS["fcn"] = {
     "paper": dict(_FCN_BASE),
@@ -205,7 +206,7 @@ PRESETS["fcn"] = {
     "cpu": dict(_FCN_BASE, fc_width=512, backbone_weights="auto", backbone_init="he", optimizer="adam",
                 lr=1e-4, lr_schedule="cosine", momentum=0.9, weight_decay=0.0, loss="bce", batch_size=2,
                 crop=256, size=None, rot90=True, vertical_flip=True, epochs=8, steps_per_epoch=15,
-                tta=True),
+                tta=True, calibrate_offset=True),
 }
 
 
@@ -269,7 +270,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="mean", optimizer="sgd", lr=0.1, lr_schedule="constant",
         momentum=0.0, weight_decay=0.0, loss="bce_dice", batch_size=5, crop=None, size=512,
         augment=True, rot90=False, vertical_flip=False, elastic=0.0, epochs=20,
-        steps_per_epoch=300, seed=0, jit_compile=False,
+        steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
     ),
     # 8 filters beat 16 in the same time, and the last head beats the mean of the heads
     # (docs/RESULTS.md). Batch norm: 1,440 steps reach 92.26% in 8.6 min, against 91.27% for
@@ -279,7 +280,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="last", optimizer="adam", lr=1e-3, lr_schedule="cosine",
         momentum=0.9, weight_decay=0.0, loss="bce_dice", batch_size=4, crop=256, size=None,
         augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=72,
-        seed=0, jit_compile=False, tta=True,
+        seed=0, jit_compile=False, tta=True, calibrate_offset=True,
     ),
 }
 
@@ -950,6 +951,24 @@ def _remove_stale_temporaries(out):
                     os.remove(target)
 
 
+#: At most this many training slices (evenly spaced) measure the label offset.
+CALIBRATION_SLICES = 20
+
+
+def _calibrate_offset(model, x_tr, y_tr, train_idx, mult, cfg, log):
+    """Predict training slices as the held-out ones are predicted and measure the label offset."""
+    from .predict import calibrate_offset, predict_stack
+
+    pick = np.unique(np.linspace(0, len(x_tr) - 1, min(len(x_tr), CALIBRATION_SLICES)).round().astype(int))
+    probs = predict_stack(model, x_tr[pick], multiple=mult, tta=bool(cfg.tta))
+    cal = calibrate_offset(y_tr[pick], probs, threshold=cfg.threshold)
+    cal["training_slices"] = [int(train_idx[i]) for i in pick]
+    dy, dx = cal["offset"]
+    log(f"label offset on {len(pick)} training slices: dy {dy:+g}, dx {dx:+g} px (training pixel accuracy "
+        f"{cal['accuracy_unshifted']:.4f} -> {cal['accuracy']:.4f}); held-out P(cell) is shifted by it")
+    return cal
+
+
 def train(cfg, log=print, callbacks=()):
     """Train, evaluate on the held-out slices, and write every output of a run.
 
@@ -1016,7 +1035,7 @@ def train(cfg, log=print, callbacks=()):
     import keras
 
     from . import metrics as metrics_mod
-    from .predict import pad_to_multiple, predict_stack
+    from .predict import pad_to_multiple, predict_stack, shift_probs
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -1127,6 +1146,12 @@ def train(cfg, log=print, callbacks=()):
     if cfg.tta:  # average over the 8 flips/rotations; the plain scores are kept beside
         plain = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
         probs = predict_stack(model, x_val, multiple=mult, tta=True)
+    calibration = None
+    if cfg.calibrate_offset:
+        train_idx = [i for i in range(n) if i not in set(val)]
+        calibration = _calibrate_offset(model, x_tr, y_tr, train_idx, mult, cfg, log)
+        unshifted = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
+        probs = shift_probs(probs, calibration["offset"])
     table = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
     result = {"held_out_slices": val, "threshold": cfg.threshold, **table,
               "train_seconds": round(train_seconds, 1), "train_minutes": round(train_seconds / 60, 2),
@@ -1135,6 +1160,12 @@ def train(cfg, log=print, callbacks=()):
         result["train_seconds_this_segment"] = round(segment_seconds, 1)
     if plain is not None:
         result["without_tta"] = {k: plain[k] for k in ("pixel_accuracy", "cell_accuracy", "membrane_accuracy")}
+    if calibration is not None:
+        result["offset"] = list(calibration["offset"])
+        result["offset_calibration"] = {k: calibration[k] for k in ("training_slices", "accuracy_unshifted",
+                                                                      "accuracy")}
+        result["without_offset"] = {k: unshifted[k] for k in ("pixel_accuracy", "cell_accuracy",
+                                                              "membrane_accuracy")}
     try:
         result.update({k: v for k, v in metrics_mod.isbi_evaluate(y_val, probs).items()
                        if np.isscalar(v)})
@@ -1235,6 +1266,10 @@ def build_parser(model="unet", description=None):
     g.add_argument("--threshold", type=float, default=0.5, help="P(cell) threshold for the metrics")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="score the held-out slices with 8-fold flip/rotation test-time augmentation")
+    g.add_argument("--calibrate-offset", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the sub-pixel offset between the labels and the predictions on the "
+                        "training slices and shift the held-out P(cell) by it (metrics.json 'offset'; "
+                        "pass it to 'python -m em_keras predict --offset')")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--overwrite", action="store_true",

@@ -136,6 +136,10 @@ def _e(*extra, probs="probs", labels="lab"):
             + list(extra))
 
 
+def _k(*extra, probs="probs", labels="lab"):
+    return ("em", ["calibrate", "--probs", "{" + probs + "}", "--labels", "{" + labels + "}"] + list(extra))
+
+
 def _s(*extra, out="{dir}/synth_out"):
     return ("em", ["synth", "--out", out, "--slices", "2", "--size", "16"] + list(extra))
 
@@ -214,6 +218,17 @@ CASES = {
     "predict/threshold 0": (_p("--threshold", "0"), "--threshold"),
     "predict/slice out of range": (_p("--slices", "99"), "--slices"),
     "predict/missing --model": (("em", ["predict", "--images", "{vol}", "--out", "{dir}/p.npy"]), "--model"),
+    "predict/offset not two numbers": (_p("--offset", "0.5"), "--offset 0.5: expected two numbers"),
+    "predict/offset json missing": (_p("--offset", "{dir}/none.json"), "no such file"),
+    "predict/offset json without offset": (_p("--offset", "{run_done}/run.json"), "no 'offset' entry"),
+    # ---- python -m em_keras calibrate
+    "calibrate/missing probs": (_k(probs="missing"), "no such file"),
+    "calibrate/nan probs": (_k(probs="probs_nan"), "NaN"),
+    "calibrate/slice count mismatch": (_k(probs="probs_short"), "--slices"),
+    "calibrate/non-binary labels": (_k(labels="grey_labels"), "two-valued"),
+    "calibrate/step 0": (_k("--step", "0"), "--step"),
+    "calibrate/threshold 1": (_k("--threshold", "1"), "--threshold"),
+    "calibrate/json parent is a file": (_k("--json", "{file}/c.json"), "is a file, not a directory"),
     # ---- python -m em_keras evaluate
     "evaluate/missing probs": (_e(probs="missing"), "no such file"),
     "evaluate/probs is a directory": (_e(probs="dir_npy"), "is a directory"),

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from em_keras.errors import InputError
-from em_keras.predict import load_model, model_multiple, pad_to_multiple, predict_stack
+from em_keras.predict import (calibrate_offset, load_model, model_multiple, pad_to_multiple, parse_offset,
+                               predict_stack, shift_probs)
 from em_keras.training import export_savedmodel
 from em_keras.unet import build_unet
 
@@ -297,3 +298,108 @@ def test_cli_predict_averages_repeated_models(cli_files, capsys):
     x = read_stack(str(d / "x.tif"))
     parts = [predict_stack(load_model(str(d / n)), x, multiple=8) for n in ("m.keras", "m8.keras")]
     np.testing.assert_allclose(np.load(out), (parts[0] + parts[1]) / 2, rtol=0, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- label offset
+
+
+def _smooth_field(shape=(2, 64, 64)):
+    """A smooth P(cell)-like field in [0, 1] whose 0.5 level set is long and curved."""
+    yy, xx = np.mgrid[:shape[1], :shape[2]].astype(np.float64)
+    waves = [np.sin(xx / 3.1 + k) + np.sin(yy / 4.3 - 2 * k) + 0.5 * np.sin((xx + yy) / 5.7 + k)
+             for k in range(shape[0])]
+    return ((np.stack(waves) + 2.5) / 5.0).astype(np.float32)
+
+
+def test_shift_probs_integer_offsets_are_exact_translations_with_repeated_edges():
+    p = np.random.default_rng(0).random((2, 6, 7)).astype(np.float32)
+    out = shift_probs(p, (1, -2))
+    rows = np.clip(np.arange(6) - 1, 0, 5)
+    cols = np.clip(np.arange(7) + 2, 0, 6)
+    np.testing.assert_array_equal(out, p[:, rows][:, :, cols])
+    np.testing.assert_array_equal(shift_probs(p[0], (1, -2)), out[0])  # (H, W) input
+    np.testing.assert_array_equal(shift_probs(p, (0, 0)), p)
+
+
+def test_shift_probs_subpixel_is_bilinear_and_stays_in_0_1():
+    ramp = np.tile(np.arange(8, dtype=np.float32) / 8, (5, 1))
+    out = shift_probs(ramp, (0.0, 0.25))
+    np.testing.assert_allclose(out[:, 1:], ramp[:, 1:] - 0.25 / 8, rtol=0, atol=1e-7)  # value from x - 0.25
+    np.testing.assert_allclose(shift_probs(ramp.T, (0.25, 0.0)), out.T, rtol=0, atol=1e-7)
+    p = np.random.default_rng(1).random((3, 9, 9)).astype(np.float32)
+    q = shift_probs(p, (0.375, -0.625))
+    assert q.dtype == np.float32 and 0 <= q.min() and q.max() <= 1
+    with pytest.raises(InputError, match="shape"):
+        shift_probs(np.zeros(4), (0, 1))
+
+
+@pytest.mark.parametrize("drawn_at", [(0.5, -0.25), (-0.625, 0.375), (0.0, 0.75)])
+def test_calibrate_offset_finds_where_the_labels_were_drawn(drawn_at):
+    field = _smooth_field()
+    labels = shift_probs(field, drawn_at) > 0.5  # labels drawn `drawn_at` away from the image's membranes
+    result = calibrate_offset(labels, field)
+    assert result["offset"] == drawn_at
+    assert result["accuracy"] > result["accuracy_unshifted"]
+    np.testing.assert_array_equal(shift_probs(field, result["offset"])[:, 2:-2, 2:-2] > 0.5, labels[:, 2:-2, 2:-2])
+
+
+def test_calibrate_offset_keeps_zero_without_an_offset_and_on_ties():
+    field = _smooth_field()
+    result = calibrate_offset(field > 0.5, field)
+    assert result["offset"] == (0.0, 0.0) and result["accuracy"] == result["accuracy_unshifted"] == 1.0
+    flat = calibrate_offset(np.ones((1, 12, 12), bool), np.full((1, 12, 12), 0.9, np.float32))
+    assert flat["offset"] == (0.0, 0.0)  # every shift scores 1.0: the smallest one wins
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.ones((1, 8, 8)), np.ones((1, 8, 9))), "same"),
+    ((np.ones((1, 4, 4)), np.ones((1, 4, 4))), "too small"),
+    ((np.ones((8, 8)), np.ones((8, 8)), 0.5, 1.0, 0.0), "step > 0"),
+])
+def test_calibrate_offset_bad_input(args, message):
+    with pytest.raises(InputError, match=message):
+        calibrate_offset(*args)
+
+
+def test_parse_offset_text_and_json(tmp_path):
+    assert parse_offset("-0.625,-0.25") == (-0.625, -0.25)
+    (tmp_path / "metrics.json").write_text('{"pixel_accuracy": 0.9, "offset": [0.5, 0.125]}')
+    assert parse_offset(str(tmp_path / "metrics.json")) == (0.5, 0.125)
+    (tmp_path / "none.json").write_text('{"pixel_accuracy": 0.9}')
+    for text, message in (("1", "two numbers"), ("a,b", "two numbers"), ("nan,0", "finite"),
+                          (str(tmp_path / "none.json"), "no 'offset'"), (str(tmp_path / "x.json"), "no such file")):
+        with pytest.raises(InputError, match=message):
+            parse_offset(text)
+
+
+def test_cli_predict_offset_shifts_the_output(cli_files, capsys):
+    d = cli_files
+    base = ["--model", str(d / "m.keras"), "--images", str(d / "x.tif")]
+    (d / "run_metrics.json").write_text('{"offset": [0.5, -0.25]}')
+    assert run_cli(predict_main, base + ["--out", str(d / "s.npy"), "--offset=0.5,-0.25"]) == 0
+    assert run_cli(predict_main, base + ["--out", str(d / "j.npy"), "--offset", str(d / "run_metrics.json")]) == 0
+    from em_keras.data import read_stack
+
+    plain = predict_stack(load_model(str(d / "m.keras")), read_stack(str(d / "x.tif")))
+    np.testing.assert_array_equal(np.load(d / "s.npy"), shift_probs(plain, (0.5, -0.25)))
+    np.testing.assert_array_equal(np.load(d / "j.npy"), np.load(d / "s.npy"))
+    assert not np.allclose(np.load(d / "s.npy"), plain, atol=1e-4)
+
+
+def test_cli_calibrate_prints_and_writes_the_offset(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from em_keras.__main__ import main as em_main
+
+    field = _smooth_field((3, 48, 48))
+    tifffile.imwrite(tmp_path / "labels.tif", np.where(shift_probs(field, (-0.5, 0.25)) > 0.5, 255, 0).astype(np.uint8))
+    np.save(tmp_path / "probs.npy", field[1:])
+    argv = ["calibrate", "--probs", str(tmp_path / "probs.npy"), "--labels", str(tmp_path / "labels.tif"),
+            "--slices", "1-2", "--json", str(tmp_path / "cal.json")]
+    assert run_cli(em_main, argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("offset -0.5,0.25 ") and "--offset=-0.5,0.25" in out
+    saved = json.loads((tmp_path / "cal.json").read_text())
+    assert saved["offset"] == [-0.5, 0.25] and saved["accuracy"] > saved["accuracy_unshifted"]

@@ -445,3 +445,36 @@ def test_no_affine_keeps_only_exact_flips_and_quarter_turns():
         TrainConfig(model="unet", preset="cpu", augment=False))) is None
     args = training.build_parser("unet").parse_args(["--no-affine", "--out", "x"])
     assert training.config_from_args(args, "unet").affine is False
+
+
+def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_path, monkeypatch):
+    import em_keras.predict as predict_mod
+    from em_keras.data import read_stack
+    from em_keras.predict import predict_stack, shift_probs
+
+    seen = {}
+
+    def fixed(labels, probs, threshold=0.5, **kw):  # the offset search itself is tested in test_predict
+        seen["shapes"] = (np.shape(labels), np.shape(probs))
+        return {"offset": (0.5, -0.25), "accuracy": 0.9, "accuracy_unshifted": 0.8}
+
+    monkeypatch.setattr(predict_mod, "calibrate_offset", fixed)
+    out = tmp_path / "cal"
+    lines = []
+    result = train(tiny(stack, out, val_slices="4-5", epochs=1, steps_per_epoch=2), log=lines.append)
+    assert seen["shapes"] == ((4, 32, 32), (4, 32, 32))  # the 4 training slices, predicted at full size
+    assert result["offset"] == [0.5, -0.25]
+    assert result["offset_calibration"] == {"training_slices": [0, 1, 2, 3], "accuracy_unshifted": 0.8,
+                                            "accuracy": 0.9}
+    assert any(line.startswith("label offset on 4 training slices: dy +0.5, dx -0.25") for line in lines)
+    model = load(out / "last.keras")
+    raw = predict_stack(model, read_stack(str(stack / "train-volume.tif"))[4:6], multiple=4, tta=True)
+    np.testing.assert_allclose(np.load(out / "probs.npy"), shift_probs(raw, (0.5, -0.25)), rtol=0, atol=1e-6)
+    assert result["without_offset"]["pixel_accuracy"] == pytest.approx(
+        float(np.mean((raw > 0.5) == (tifffile.imread(stack / "train-labels.tif")[4:6] > 0))))
+
+    off = train(tiny(stack, tmp_path / "nocal", val_slices="4-5", epochs=1, steps_per_epoch=1,
+                     calibrate_offset=False), log=lambda *a: None)
+    assert not {"offset", "offset_calibration", "without_offset"} & set(off)
+    assert training.resolve_config(TrainConfig(preset="paper")).calibrate_offset is False
+    assert training.resolve_config(TrainConfig(preset="cpu")).calibrate_offset is True
