@@ -206,9 +206,12 @@ def _scores(labels, probs):
 
 
 def _predict(out, images, tta):
-    from .predict import load_model, predict_stack
+    """P(cell) of a run's ``last.keras``, shifted by the run's label offset like its ``probs.npy``."""
+    from .predict import load_model, predict_stack, shift_probs
 
-    return predict_stack(load_model(os.path.join(out, "last.keras")), images, tta=tta)
+    probs = predict_stack(load_model(os.path.join(out, "last.keras")), images, tta=tta)
+    offset = _load_json(os.path.join(out, "metrics.json")).get("offset")
+    return shift_probs(probs, offset) if offset else probs
 
 
 def score_run(out, images, labels, log=print):

@@ -150,3 +150,18 @@ def test_settings_column_names_flags_and_values():
     assert report._settings(by_name["unet-border"], True, None) == "aug, border-weight 10, TTA"
     assert report._settings(by_name["unetpp"], False, None) == "aug, no-deep-supervision, no TTA"
     assert report._settings(by_name["fcn8s-noaug"], True, "tuned") == "no aug, from fcn16s, TTA, CRF tuned"
+
+
+def test_rescoring_applies_the_runs_label_offset(tmp_path):
+    import keras
+
+    from em_keras.predict import predict_stack, shift_probs
+    from em_keras.unet import build_unet
+
+    build_unet(filters=4, depth=2).save(tmp_path / "last.keras")
+    x = np.random.default_rng(0).random((2, 16, 20)).astype(np.float32)
+    (tmp_path / "metrics.json").write_text(json.dumps({"offset": [0.5, -0.25]}))
+    plain = predict_stack(keras.saving.load_model(tmp_path / "last.keras"), x, tta=True)
+    np.testing.assert_array_equal(report._predict(str(tmp_path), x, tta=True), shift_probs(plain, (0.5, -0.25)))
+    (tmp_path / "metrics.json").write_text(json.dumps({"pixel_accuracy": 0.9}))  # a run without calibration
+    np.testing.assert_array_equal(report._predict(str(tmp_path), x, tta=True), plain)
