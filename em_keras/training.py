@@ -1148,7 +1148,7 @@ def train(cfg, log=print, callbacks=()):
         probs = predict_stack(model, x_val, multiple=mult, tta=True)
     calibration = None
     if cfg.calibrate_offset:
-        train_idx = [i for i in range(n) if i not in set(val)]
+        train_idx = sorted(set(range(n)) - set(val))  # the order split_slices gives x_tr
         calibration = _calibrate_offset(model, x_tr, y_tr, train_idx, mult, cfg, log)
         unshifted = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
         probs = shift_probs(probs, calibration["offset"])
