@@ -8,7 +8,9 @@ inside ``tf.data.Dataset.map``, on batches (one random transform per example,
 vectorised) and on GPU. The same geometric transform is applied to the image
 (bilinear interpolation) and to the mask (nearest neighbour, so a binary mask
 stays exactly binary). Optional extras: random multiples of 90 degrees
-(``rot90``) and the elastic deformation of the U-Net paper.
+(``rot90``), the elastic deformation of the U-Net paper, and random brightness
+and contrast of the image alone (``brightness``, ``contrast``, with the meaning
+of ``keras.layers.RandomBrightness`` / ``RandomContrast`` on values in [0, 1]).
 
 Conventions (pinned by ``tests/test_augment.py`` against ``ImageDataGenerator``)
 -------------------------------------------------------------------------------
@@ -440,6 +442,14 @@ class Augmenter:
         Standard deviation (pixels) of the elastic displacements; 0 disables.
     elastic_grid : int
         Coarse grid size of the elastic displacements.
+    brightness : float
+        Add ``U[-b, b]`` to the image (values in [0, 1]); the mask is untouched.
+        ``keras.layers.RandomBrightness(b, value_range=(0, 1))``. 0 disables.
+    contrast : float
+        Scale the image's deviations from its own mean by ``U[1-c, 1+c]``
+        (``keras.layers.RandomContrast(c)``), in ``[0, 1)``. 0 disables.
+        Brightness and contrast are applied after the geometric transform, then
+        the image is clipped to [0, 1].
     seed : int or None
         Op-level seed of the stateful random ops: with a global seed
         (``keras.utils.set_random_seed``) the sequence of calls is reproducible.
@@ -459,7 +469,7 @@ class Augmenter:
     def __init__(self, rotation_range=10.0, width_shift_range=0.05, height_shift_range=0.05,
                  shear_range=0.05, zoom_range=0.05, horizontal_flip=True, vertical_flip=False,
                  fill_mode="nearest", cval=0.0, rot90=False, elastic_alpha=0.0, elastic_grid=3,
-                 seed=None):
+                 brightness=0.0, contrast=0.0, seed=None):
         self.rotation_range = float(rotation_range)
         self.width_shift_range = float(width_shift_range)
         self.height_shift_range = float(height_shift_range)
@@ -480,11 +490,15 @@ class Augmenter:
         self.rot90 = bool(rot90)
         self.elastic_alpha = float(elastic_alpha)
         self.elastic_grid = int(elastic_grid)
+        self.brightness = float(brightness)
+        self.contrast = float(contrast)
         self.seed = None if seed is None else int(seed)
         for name in ("rotation_range", "width_shift_range", "height_shift_range",
-                     "shear_range", "elastic_alpha"):
-            if getattr(self, name) < 0:
+                     "shear_range", "elastic_alpha", "brightness", "contrast"):
+            if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.contrast < 1:
+            raise InputError(f"contrast must be < 1, got {self.contrast}")
         if not 0 < lo <= hi:
             raise InputError(f"zoom_range gives invalid zoom bounds [{lo}, {hi}]")
         if self.elastic_grid < 2:
@@ -504,6 +518,8 @@ class Augmenter:
                     rot90=self.rot90,
                     elastic_alpha=self.elastic_alpha,
                     elastic_grid=self.elastic_grid,
+                    brightness=self.brightness,
+                    contrast=self.contrast,
                     seed=self.seed)
 
     def __repr__(self):
@@ -575,8 +591,9 @@ class Augmenter:
         image, mask, single = _as_batch(image, mask)
         if mask is None:
             raise InputError("Augmenter needs a mask; use apply_fixed_transform for images")
-        elastic_seed = None
+        elastic_seed = intensity_seed = None
         if seed is not None:
+            intensity_seed = tf.random.experimental.stateless_fold_in(_as_seed(seed), 3)
             seed, elastic_seed = tf.unstack(
                 tf.random.experimental.stateless_split(_as_seed(seed), 2))
         shape = tf.shape(image)
@@ -595,7 +612,22 @@ class Augmenter:
             in_cols = a[..., 0] * cols + a[..., 1] * rows + a[..., 2]
             in_rows = a[..., 3] * cols + a[..., 4] * rows + a[..., 5]
             image, mask = _dense_warp(image, mask, in_rows, in_cols, self.fill_mode, self.cval)
+        if self.brightness > 0 or self.contrast > 0:
+            image = self._intensity(image, intensity_seed)
         return _unbatch(image, single), _unbatch(mask, single)
+
+    def _intensity(self, image, seed):
+        """Random contrast about each example's mean, then brightness, then clip to [0, 1]."""
+        tf = _tf()
+        shape = tf.stack([tf.shape(image)[0], 2])
+        if seed is None:
+            u = tf.random.uniform(shape, seed=None if self.seed is None else self.seed + 2)
+        else:
+            u = tf.random.stateless_uniform(shape, seed=seed)
+        factor = tf.cast(1.0 + self.contrast * (2.0 * u[:, 0] - 1.0), image.dtype)[:, None, None, None]
+        delta = tf.cast(self.brightness * (2.0 * u[:, 1] - 1.0), image.dtype)[:, None, None, None]
+        mean = tf.reduce_mean(image, axis=[1, 2], keepdims=True)
+        return tf.clip_by_value((image - mean) * factor + mean + delta, 0.0, 1.0)
 
 
 def augment_dataset(ds, augmenter, num_parallel_calls=None):

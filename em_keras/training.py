@@ -76,6 +76,8 @@ class TrainConfig:
     rot90: bool = None
     vertical_flip: bool = None
     elastic: float = None
+    brightness: float = None  # random brightness U[-b, b] of the image (values in [0, 1])
+    contrast: float = None  # random contrast factor U[1-c, 1+c] about the image mean
     border_weight: float = None  # U-Net paper weight map w0 (0 = plain loss), sigma 5 px
     crop: int = None
     size: int = None
@@ -115,6 +117,7 @@ PRESETS = {
             optimizer="adam", lr=1e-5, lr_schedule="constant", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=2, crop=None, size=512, augment=True, rot90=False,
             vertical_flip=False, elastic=0.0, epochs=20, steps_per_epoch=300, seed=0,
+            brightness=0.0, contrast=0.0,
             jit_compile=False, tta=False, calibrate_offset=False,
         ),
         "cpu": dict(
@@ -122,6 +125,7 @@ PRESETS = {
             optimizer="adam", lr=1e-3, lr_schedule="cosine", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=4, crop=256, size=None, augment=True, rot90=True,
             vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=60, seed=0,
+            brightness=0.0, contrast=0.0,
             jit_compile=False, tta=True, calibrate_offset=True,
         ),
     },
@@ -198,6 +202,7 @@ _FCN_BASE = dict(
     lr=1e-10, lr_schedule="constant", momentum=0.99, weight_decay=5e-4, loss="bce_sum",
     batch_size=1, crop=None, size=256, augment=True, rot90=False, vertical_flip=False,
     elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
+    brightness=0.0, contrast=0.0,
 )
 PRESETS["fcn"] = {
     "paper": dict(_FCN_BASE),
@@ -270,6 +275,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="mean", optimizer="sgd", lr=0.1, lr_schedule="constant",
         momentum=0.0, weight_decay=0.0, loss="bce_dice", batch_size=5, crop=None, size=512,
         augment=True, rot90=False, vertical_flip=False, elastic=0.0, epochs=20,
+        brightness=0.0, contrast=0.0,
         steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
     ),
     # 8 filters beat 16 in the same time, and the last head beats the mean of the heads
@@ -280,6 +286,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="last", optimizer="adam", lr=1e-3, lr_schedule="cosine",
         momentum=0.9, weight_decay=0.0, loss="bce_dice", batch_size=4, crop=256, size=None,
         augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=72,
+        brightness=0.0, contrast=0.0,
         seed=0, jit_compile=False, tta=True, calibrate_offset=True,
     ),
 }
@@ -342,7 +349,8 @@ def make_augmenter(cfg):
     ranges = {} if cfg.affine else dict(rotation_range=0.0, width_shift_range=0.0,
                                         height_shift_range=0.0, shear_range=0.0, zoom_range=0.0)
     return Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
-                     elastic_alpha=cfg.elastic or 0.0, **ranges)
+                     elastic_alpha=cfg.elastic or 0.0, brightness=cfg.brightness or 0.0,
+                     contrast=cfg.contrast or 0.0, **ranges)
 
 
 def resolve_config(cfg):
@@ -390,6 +398,10 @@ def resolve_config(cfg):
         raise InputError(f"--threshold must be in (0, 1), got {out.threshold}")
     if out.elastic is not None and not (out.elastic >= 0 and math.isfinite(out.elastic)):
         raise InputError(f"--elastic must be >= 0, got {out.elastic}")
+    if out.brightness is not None and not 0 <= out.brightness <= 1:
+        raise InputError(f"--brightness must be in [0, 1], got {out.brightness}")
+    if out.contrast is not None and not 0 <= out.contrast < 1:
+        raise InputError(f"--contrast must be in [0, 1), got {out.contrast}")
     if out.border_weight is not None and not (out.border_weight >= 0 and math.isfinite(out.border_weight)):
         raise InputError(f"--border-weight must be >= 0, got {out.border_weight}")
     if out.seed is not None and not 0 <= out.seed < 2 ** 32:
@@ -1246,6 +1258,10 @@ def build_parser(model="unet", description=None):
                    help="also random 90-degree rotations")
     g.add_argument("--vertical-flip", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--elastic", type=float, help="elastic deformation std in pixels (0 = off)")
+    g.add_argument("--brightness", type=float, metavar="B",
+                   help="with --augment: add U[-B, B] to the image (values in [0, 1]; 0 = off)")
+    g.add_argument("--contrast", type=float, metavar="C",
+                   help="with --augment: scale the image about its mean by U[1-C, 1+C] (0 = off)")
     g.add_argument("--border-weight", type=float, metavar="W0",
                    help="weight the loss with the U-Net paper's map, 1 + W0 exp(-(d1+d2)^2 / 50) on "
                         "membrane pixels between cells (W0 10 in the paper; 0 = off)")

@@ -301,12 +301,70 @@ def test_elastic_path_composes_the_same_affine_transform(fill_mode):
 
 
 # ---------------------------------------------------------------------------
+# 5b. brightness and contrast (image only)
+# ---------------------------------------------------------------------------
+
+def test_intensity_changes_the_image_only_and_keeps_the_geometry():
+    x, m = batch(32, 4)
+    plain = Augmenter(**BIG, rot90=True)(x, m, seed=[5, 6])
+    both = Augmenter(**BIG, rot90=True, brightness=0.1, contrast=0.3)(x, m, seed=[5, 6])
+    # the same geometric transform (the mask is untouched by intensity changes)
+    np.testing.assert_array_equal(both[1].numpy(), plain[1].numpy())
+    a, b = plain[0].numpy(), both[0].numpy()
+    assert np.all((b >= 0) & (b <= 1))
+    for i in range(4):
+        # per example: b = clip((a - mean(a)) * factor + mean(a) + delta), one factor and delta each
+        da, db = a[i] - a[i].mean(), b[i]
+        inside = (db > 1e-3) & (db < 1 - 1e-3)
+        factor, offset = np.polyfit(da[inside], db[inside], 1)
+        assert 0.7 - 1e-4 <= factor <= 1.3 + 1e-4
+        assert abs(offset - a[i].mean()) <= 0.1 + 1e-4
+        np.testing.assert_allclose(db[inside], factor * da[inside] + offset, atol=1e-5)
+    assert not np.allclose(a, b, atol=1e-3)
+
+
+def test_contrast_and_brightness_exact_on_a_constant_offset_image():
+    # contrast only: the mean is kept and deviations scale by one factor per example
+    img = np.tile(np.linspace(0.3, 0.7, 16, dtype=np.float32), (16, 1))[None, ..., None]
+    img = np.repeat(img, 3, axis=0)
+    msk = (img > 0.5).astype(np.float32)
+    kw = dict(rotation_range=0.0, width_shift_range=0.0, height_shift_range=0.0, shear_range=0.0,
+              zoom_range=0.0, horizontal_flip=False)
+    out = Augmenter(**kw, contrast=0.5)(img, msk, seed=[1, 2])[0].numpy()
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), 0.5, atol=1e-6)
+    ratios = (out - 0.5)[:, 0, -1, 0] / 0.2
+    assert np.all((ratios >= 0.5 - 1e-5) & (ratios <= 1.5 + 1e-5)) and np.ptp(ratios) > 0
+    np.testing.assert_allclose(out - 0.5, ratios[:, None, None, None] * (img - 0.5), atol=1e-6)
+    # brightness only: one additive delta per example, within [-b, b]
+    out = Augmenter(**kw, brightness=0.2)(img, msk, seed=[1, 2])[0].numpy()
+    deltas = (out - img)[:, 0, 0, 0]
+    np.testing.assert_allclose(out - img, np.broadcast_to(deltas[:, None, None, None], img.shape), atol=1e-6)
+    assert np.all(np.abs(deltas) <= 0.2 + 1e-6) and np.ptp(deltas) > 0
+    # seeded: reproducible; 0 disables
+    again = Augmenter(**kw, brightness=0.2)(img, msk, seed=[1, 2])[0].numpy()
+    np.testing.assert_array_equal(out, again)
+    np.testing.assert_array_equal(Augmenter(**kw)(img, msk, seed=[1, 2])[0].numpy(), img)
+
+
+def test_intensity_in_the_stateful_and_tf_data_paths():
+    x, m = batch(32, 4)
+    aug = Augmenter(brightness=0.2, contrast=0.2, seed=3)
+    out = list(augment_dataset(tf.data.Dataset.from_tensor_slices((x, m)).batch(2), aug))
+    assert all(np.all((a.numpy() >= 0) & (a.numpy() <= 1)) for a, _ in out)
+    tf.keras.utils.set_random_seed(0)
+    y, _ = Augmenter(horizontal_flip=False, rotation_range=0.0, width_shift_range=0.0,
+                     height_shift_range=0.0, shear_range=0.0, zoom_range=0.0, brightness=0.2)(x, m)
+    shift = (y.numpy() - x)[:, 5, 5, 0]
+    assert np.ptp(shift) > 0 and np.all(np.abs(shift) <= 0.2 + 1e-6)
+
+
+# ---------------------------------------------------------------------------
 # 6. configuration
 # ---------------------------------------------------------------------------
 
 def test_get_config_round_trip():
     aug = Augmenter(**BIG, fill_mode="reflect", cval=0.5, rot90=True, elastic_alpha=3.0,
-                    elastic_grid=4, seed=7)
+                    elastic_grid=4, brightness=0.1, contrast=0.2, seed=7)
     cfg = aug.get_config()
     clone = Augmenter(**cfg)
     assert clone.get_config() == cfg
@@ -327,5 +385,8 @@ def test_bad_options_raise_input_error():
         Augmenter(zoom_range=1.5)
     with pytest.raises(InputError):
         Augmenter(rotation_range=-1)
+    for kw in ({"brightness": -0.1}, {"contrast": 1.0}, {"contrast": float("nan")}):
+        with pytest.raises(InputError):
+            Augmenter(**kw)
     with pytest.raises(InputError):
         apply_fixed_transform(np.zeros((4, 4), np.float32), None, {})

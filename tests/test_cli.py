@@ -176,6 +176,8 @@ CASES = {
     "train/threshold 1.5": (_t("--threshold", "1.5"), "--threshold"),
     "train/dropout 1": (_t("--dropout", "1"), "--dropout"),
     "train/elastic negative": (_t("--elastic", "-1"), "--elastic"),
+    "train/brightness negative": (_t("--brightness", "-0.1"), "--brightness"),
+    "train/contrast 1": (_t("--contrast", "1"), "--contrast"),
     "train/seed negative": (_t("--seed", "-1"), "--seed"),
     "train/bad optimizer": (_t("--optimizer", "adagrad"), "--optimizer"),
     "train/bad loss": (_t("--loss", "hinge"), "--loss"),

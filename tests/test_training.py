@@ -447,6 +447,19 @@ def test_no_affine_keeps_only_exact_flips_and_quarter_turns():
     assert training.config_from_args(args, "unet").affine is False
 
 
+def test_brightness_and_contrast_reach_the_augmenter():
+    for model in ("unet", "unetpp", "fcn"):
+        for preset in training.PRESETS[model]:
+            cfg = TrainConfig(model=model, preset=preset, backbone_weights="none")
+            aug = training.make_augmenter(training.resolve_config(cfg))
+            assert (aug.brightness, aug.contrast) == (0.0, 0.0)  # off unless asked for
+    args = training.build_parser("unet").parse_args(["--brightness", "0.1", "--contrast", "0.2",
+                                                     "--no-affine", "--out", "x"])
+    cfg = training.resolve_config(training.config_from_args(args, "unet"))
+    aug = training.make_augmenter(cfg)
+    assert (aug.brightness, aug.contrast, aug.rotation_range) == (0.1, 0.2, 0.0)
+
+
 def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_path, monkeypatch):
     import em_keras.predict as predict_mod
     from em_keras.data import read_stack
