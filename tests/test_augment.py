@@ -323,7 +323,7 @@ def test_intensity_changes_the_image_only_and_keeps_the_geometry():
     assert not np.allclose(a, b, atol=1e-3)
 
 
-def test_contrast_and_brightness_exact_on_a_constant_offset_image():
+def test_contrast_and_brightness_exact_on_a_ramp():
     # contrast only: the mean is kept and deviations scale by one factor per example
     img = np.tile(np.linspace(0.3, 0.7, 16, dtype=np.float32), (16, 1))[None, ..., None]
     img = np.repeat(img, 3, axis=0)
