@@ -593,9 +593,9 @@ class Augmenter:
             raise InputError("Augmenter needs a mask; use apply_fixed_transform for images")
         elastic_seed = intensity_seed = None
         if seed is not None:
-            intensity_seed = tf.random.experimental.stateless_fold_in(_as_seed(seed), 3)
-            seed, elastic_seed = tf.unstack(
-                tf.random.experimental.stateless_split(_as_seed(seed), 2))
+            seed = _as_seed(seed)
+            intensity_seed = tf.random.experimental.stateless_fold_in(seed, 3)
+            seed, elastic_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         shape = tf.shape(image)
         b, h, w = shape[0], shape[1], shape[2]
         params = self.random_params(b, h, w, seed=seed)
