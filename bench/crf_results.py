@@ -47,7 +47,7 @@ def main(argv=None):
     probs_val = np.load(os.path.join(args.run, "probs.npy"))
     tta = bool(run["config"].get("tta"))
     model = load_model(os.path.join(args.run, "last.keras"))
-    probs_tune = predict_stack(model, images[tune], tta=tta)
+    probs_tune = predict_stack(model, images, tta=tta, indices=tune)
 
     t0 = time.time()
     ranked = crf.grid_search(probs_tune, images[tune], labels[tune], jobs=args.jobs, rank_by=args.rank_by)

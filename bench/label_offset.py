@@ -44,9 +44,9 @@ def main(argv=None):
     for path in args.models:
         model = load_model(path)
         t0 = time.perf_counter()
-        cal = calibrate_offset(labels[tr], predict_stack(model, images[tr], tta=tta))
+        cal = calibrate_offset(labels[tr], predict_stack(model, images, tta=tta, indices=tr))
         seconds = time.perf_counter() - t0
-        held = predict_stack(model, images[ho], tta=tta)
+        held = predict_stack(model, images, tta=tta, indices=ho)
         shifted = shift_probs(held, cal["offset"])
         own = [calibrate_offset(labels[i:i + 1], held[k:k + 1])["offset"] for k, i in enumerate(ho)]
         scores = []

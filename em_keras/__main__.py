@@ -93,14 +93,15 @@ def predict_main(argv):
         if not 0 <= 2 * args.overlap < args.tile:
             raise InputError(f"--overlap {args.overlap}: must be >= 0 and < --tile/2 ({args.tile / 2:g})")
     images = data.read_stack(args.images)
-    if args.slices:
-        images = images[data.parse_slices(args.slices, len(images), "--slices")]
+    # The whole stack stays: a --context model also needs the neighbours of the chosen slices.
+    indices = data.parse_slices(args.slices, len(images), "--slices") if args.slices else None
     models = [load_model(path) for path in args.model]
     stride = args.multiple or common_multiple(models)
     if args.tile is not None and args.tile % stride:
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
     probs = predict_ensemble(models, images, multiple=stride, batch_size=args.batch_size,
-                             tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta)
+                             tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta,
+                             indices=indices)
     if offset is not None:
         probs = shift_probs(probs, offset)
     save_npy(args.out, probs)

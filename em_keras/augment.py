@@ -450,6 +450,11 @@ class Augmenter:
         (``keras.layers.RandomContrast(c)``), in ``[0, 1)``. 0 disables.
         Brightness and contrast are applied after the geometric transform, then
         the image is clipped to [0, 1].
+    z_flip : bool
+        Reverse the order of the image's channels with probability 0.5: for a
+        stack of adjacent sections as channels (2.5D input,
+        :func:`em_keras.data.context_stack`), whose z order carries no meaning.
+        The mask is untouched.
     seed : int or None
         Op-level seed of the stateful random ops: with a global seed
         (``keras.utils.set_random_seed``) the sequence of calls is reproducible.
@@ -469,7 +474,7 @@ class Augmenter:
     def __init__(self, rotation_range=10.0, width_shift_range=0.05, height_shift_range=0.05,
                  shear_range=0.05, zoom_range=0.05, horizontal_flip=True, vertical_flip=False,
                  fill_mode="nearest", cval=0.0, rot90=False, elastic_alpha=0.0, elastic_grid=3,
-                 brightness=0.0, contrast=0.0, seed=None):
+                 brightness=0.0, contrast=0.0, z_flip=False, seed=None):
         self.rotation_range = float(rotation_range)
         self.width_shift_range = float(width_shift_range)
         self.height_shift_range = float(height_shift_range)
@@ -492,6 +497,7 @@ class Augmenter:
         self.elastic_grid = int(elastic_grid)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
+        self.z_flip = bool(z_flip)
         self.seed = None if seed is None else int(seed)
         for name in ("rotation_range", "width_shift_range", "height_shift_range",
                      "shear_range", "elastic_alpha", "brightness", "contrast"):
@@ -520,6 +526,7 @@ class Augmenter:
                     elastic_grid=self.elastic_grid,
                     brightness=self.brightness,
                     contrast=self.contrast,
+                    z_flip=self.z_flip,
                     seed=self.seed)
 
     def __repr__(self):
@@ -591,10 +598,11 @@ class Augmenter:
         image, mask, single = _as_batch(image, mask)
         if mask is None:
             raise InputError("Augmenter needs a mask; use apply_fixed_transform for images")
-        elastic_seed = intensity_seed = None
+        elastic_seed = intensity_seed = z_seed = None
         if seed is not None:
             seed = _as_seed(seed)
             intensity_seed = tf.random.experimental.stateless_fold_in(seed, 3)
+            z_seed = tf.random.experimental.stateless_fold_in(seed, 4)
             seed, elastic_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         shape = tf.shape(image)
         b, h, w = shape[0], shape[1], shape[2]
@@ -614,6 +622,13 @@ class Augmenter:
             image, mask = _dense_warp(image, mask, in_rows, in_cols, self.fill_mode, self.cval)
         if self.brightness > 0 or self.contrast > 0:
             image = self._intensity(image, intensity_seed)
+        if self.z_flip:
+            shape = tf.shape(image)[:1]
+            if z_seed is None:
+                u = tf.random.uniform(shape, seed=None if self.seed is None else self.seed + 3)
+            else:
+                u = tf.random.stateless_uniform(shape, seed=z_seed)
+            image = tf.where((u < 0.5)[:, None, None, None], tf.reverse(image, axis=[-1]), image)
         return _unbatch(image, single), _unbatch(mask, single)
 
     def _intensity(self, image, seed):

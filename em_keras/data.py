@@ -29,6 +29,7 @@ __all__ = [
     "parse_slices",
     "default_val_slices",
     "split_slices",
+    "context_stack",
     "synthetic_em",
     "border_weight_map",
     "make_train_dataset",
@@ -340,6 +341,58 @@ def split_slices(images, labels, val_slices):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
+def context_stack(images, context, indices=None):
+    """Give every slice its ``context`` neighbours on each side as channels (2.5D input).
+
+    Serial EM sections are cut about 50 nm apart, so a membrane that is blurred
+    or oblique in one section is often sharper in the next. Stacking adjacent
+    sections as channels lets a 2D network use that context.
+
+    Parameters
+    ----------
+    images : ndarray (N, H, W)
+        The whole volume, in order.
+    context : int
+        Neighbours on each side, ``>= 0``; ``2 * context + 1`` channels.
+    indices : sequence of int, optional
+        The slices to stack (default: all). Their neighbours come from the whole
+        volume, whichever slices are selected.
+
+    Returns
+    -------
+    ndarray (M, H, W, 2 * context + 1), the dtype of ``images``
+        Channel ``context + d`` holds slice ``i + d``; slices beyond the ends of
+        the volume are mirrored about the end slices as by ``np.pad(mode="reflect")``
+        (``-1 -> 1``, ``N -> N - 2``, again and again for a short volume).
+
+    Examples
+    --------
+    >>> v = np.arange(3)[:, None, None] * np.ones((3, 2, 2))
+    >>> context_stack(v, 1)[:, 0, 0]
+    array([[1., 0., 1.],
+           [0., 1., 2.],
+           [1., 2., 1.]])
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise InputError(f"context_stack needs a volume (N, H, W), got shape {images.shape}")
+    if not isinstance(context, (int, np.integer)) or isinstance(context, bool) or context < 0:
+        raise InputError(f"--context must be an integer >= 0, got {context!r}")
+    n = len(images)
+    idx = np.arange(n) if indices is None else np.asarray(indices, int).reshape(-1)
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise InputError(f"slice index out of range for a stack of {n} slices: {idx.tolist()}")
+    idx = idx % n
+    offsets = np.arange(-context, context + 1)
+    nb = idx[:, None] + offsets[None, :]
+    if n == 1:
+        nb = np.zeros_like(nb)
+    else:  # reflection about slices 0 and n - 1 is periodic in 2 (n - 1)
+        nb = nb % (2 * (n - 1))
+        nb = np.where(nb > n - 1, 2 * (n - 1) - nb, nb)
+    return np.stack([images[nb[:, c]] for c in range(len(offsets))], axis=-1)
+
+
 def check_size_divisible(shape, multiple, what="image"):
     """Raise :class:`InputError` unless both spatial sizes divide by ``multiple``."""
     h, w = shape[-2], shape[-1]
@@ -463,13 +516,22 @@ def border_weight_map(label, w0=10.0, sigma=5.0):
     return weight.astype(np.float32)
 
 
+def _with_channels(images, labels, what):
+    """float32 ``(N, H, W, C)`` from ``(N, H, W)`` or ``(N, H, W, C)`` images matching ``labels``."""
+    images = np.asarray(images)
+    if images.ndim not in (3, 4) or images.shape[:3] != np.shape(labels)[:3]:
+        raise InputError(f"{what} of shape {images.shape} do not match labels {np.shape(labels)}")
+    return (images[..., None] if images.ndim == 3 else images).astype(np.float32)
+
+
 def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augmenter=None,
                        shuffle=True, repeat=True, seed=None, weights=None):
     """Build the training ``tf.data`` pipeline: cache, shuffle, crop or resize, batch, augment.
 
     Parameters
     ----------
-    images : float32 ndarray (N, H, W)
+    images : float32 ndarray (N, H, W), or (N, H, W, C) with several channels
+        per slice (e.g. :func:`context_stack`)
     labels : uint8 ndarray (N, H, W), cell = 1
     batch_size : int
     crop : int, optional
@@ -489,7 +551,8 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
     Returns
     -------
     tf.data.Dataset
-        Yields ``(x, y)`` float32 batches of shape ``(B, h, w, 1)``, or
+        Yields ``(x, y)`` float32 batches of shapes ``(B, h, w, C)`` (C = 1 for
+        ``(N, H, W)`` images) and ``(B, h, w, 1)``, or
         ``(x, y, w)`` with ``w`` of shape ``(B, h, w)`` (Keras ``sample_weight``)
         when ``weights`` is given.
     """
@@ -497,7 +560,8 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
 
     if crop is not None and (crop > images.shape[1] or crop > images.shape[2]):
         raise InputError(f"--crop {crop} is larger than the slices ({images.shape[1]}x{images.shape[2]})")
-    x = images[..., None].astype(np.float32)
+    x = _with_channels(images, labels, "images")
+    c_in = x.shape[-1]
     y = labels[..., None].astype(np.float32)
     if weights is not None:
         weights = np.asarray(weights, np.float32)
@@ -514,8 +578,8 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
     if crop is not None:
         def _crop(img, msk):
             both = tf.concat([img, msk], axis=-1)
-            both = tf.image.random_crop(both, [crop, crop, 1 + channels], seed=seed)
-            return both[..., :1], both[..., 1:]
+            both = tf.image.random_crop(both, [crop, crop, c_in + channels], seed=seed)
+            return both[..., :c_in], both[..., c_in:]
         ds = ds.map(_crop, num_parallel_calls=tf.data.AUTOTUNE)
     elif size is not None and tuple(x.shape[1:3]) != (size, size):  # same size: skip the no-op resize
         def _resize(img, msk):
@@ -533,10 +597,13 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
 
 
 def make_eval_dataset(images, labels, batch_size=1, size=None):
-    """Deterministic ``tf.data`` over whole slices (optionally resized), for validation."""
+    """Deterministic ``tf.data`` over whole slices (optionally resized), for validation.
+
+    ``images`` is ``(N, H, W)`` or ``(N, H, W, C)``, as for :func:`make_train_dataset`.
+    """
     import tensorflow as tf
 
-    x = images[..., None].astype(np.float32)
+    x = _with_channels(images, labels, "images")
     y = labels[..., None].astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if size is not None:

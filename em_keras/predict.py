@@ -19,8 +19,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple", "common_multiple",
-           "tile_starts", "blend_window", "dihedral_transforms", "shift_probs", "calibrate_offset",
+__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple",
+           "model_channels", "common_multiple", "tile_starts", "blend_window", "dihedral_transforms", "shift_probs", "calibrate_offset",
            "parse_offset"]
 
 
@@ -110,6 +110,15 @@ class _SavedModelRunner:
     def __call__(self, x):
         return self.loaded.serve(x)
 
+    @property
+    def input_shape(self):
+        """``(None, H, W, C)`` of the ``serve`` endpoint's input signature."""
+        try:
+            spec = self.loaded.serve.input_signature[0]
+            return tuple(spec.shape.as_list())
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return (None, None, None, 1)
+
 
 def model_multiple(model, default=32):
     """Stride multiple that input sizes must divide by (read from the model name's builder config)."""
@@ -123,17 +132,33 @@ def model_multiple(model, default=32):
     return 2 ** pools if pools else default
 
 
+def model_channels(model):
+    """Input channels per pixel of a model (``input_shape[-1]``; 1 when unknown).
+
+    A model with ``2k + 1`` channels takes each slice with ``k`` neighbours on
+    either side (:func:`em_keras.data.context_stack`).
+    """
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):  # a functional model with one input
+        shape = shape[0] if len(shape) == 1 else None
+    try:
+        c = shape[-1]
+    except (TypeError, IndexError):
+        return 1
+    return int(c) if isinstance(c, (int, np.integer)) and c > 0 else 1
+
+
 def common_multiple(models):
     """Least common multiple of the models' strides (:func:`model_multiple`): a size every one accepts."""
     return int(np.lcm.reduce([model_multiple(m) for m in models]))
 
 
 def pad_to_multiple(images, multiple, mode="reflect"):
-    """Pad ``(N, H, W)`` images at the bottom/right to a multiple of ``multiple``.
+    """Pad ``(N, H, W)`` or ``(N, H, W, C)`` images at the bottom/right to a multiple of ``multiple``.
 
     Returns
     -------
-    padded : ndarray (N, H', W')
+    padded : ndarray (N, H', W') or (N, H', W', C)
     (h, w) : original size, to crop back with ``padded[:, :h, :w]``.
 
     Examples
@@ -142,13 +167,14 @@ def pad_to_multiple(images, multiple, mode="reflect"):
     >>> p.shape, hw
     ((1, 32, 48), (30, 33))
     """
-    n, h, w = images.shape
+    h, w = images.shape[1:3]
     ph, pw = (-h) % multiple, (-w) % multiple
     if not (ph or pw):
         return images, (h, w)
     if mode == "reflect" and (ph >= h or pw >= w):
         mode = "symmetric"
-    return np.pad(images, ((0, 0), (0, ph), (0, pw)), mode=mode), (h, w)
+    pad = ((0, 0), (0, ph), (0, pw)) + ((0, 0),) * (images.ndim - 3)
+    return np.pad(images, pad, mode=mode), (h, w)
 
 
 def tile_starts(length, tile, overlap, multiple=1):
@@ -272,23 +298,23 @@ def dihedral_transforms():
 
 
 def _run(call, x):
-    """One model call on float32 ``(B, H, W)``; returns float32 ``(B, H, W)``."""
+    """One model call on float32 ``(B, H, W)`` or ``(B, H, W, C)``; returns float32 ``(B, H, W)``."""
     import tensorflow as tf
 
-    y = np.asarray(call(tf.constant(x[..., None])), np.float32)
+    y = np.asarray(call(tf.constant(x[..., None] if x.ndim == 3 else x)), np.float32)
     return y[..., 0] if y.ndim == 4 else y
 
 
 def _predict_whole(call, images, multiple, batch_size):
     padded, (h, w) = pad_to_multiple(images, multiple)
-    out = np.empty(images.shape, np.float32)
+    out = np.empty(images.shape[:3], np.float32)
     for start in range(0, len(images), batch_size):
         out[start:start + batch_size] = _run(call, padded[start:start + batch_size])[:, :h, :w]
     return out
 
 
 def _predict_tiled(call, images, multiple, batch_size, tile, overlap):
-    n, h, w = images.shape
+    n, h, w = images.shape[:3]
     hp, wp = h + (-h) % multiple, w + (-w) % multiple
     ys, th = tile_starts(hp, tile, overlap, multiple)
     xs, tw = tile_starts(wp, tile, overlap, multiple)
@@ -307,7 +333,7 @@ def _predict_tiled(call, images, multiple, batch_size, tile, overlap):
     acc, padded_k, padded = {}, None, None
     for b in range(0, len(jobs), batch_size):
         batch = jobs[b:b + batch_size]
-        x = np.empty((len(batch), th, tw), np.float32)
+        x = np.empty((len(batch), th, tw) + images.shape[3:], np.float32)
         for j, (k, iy, ix) in enumerate(batch):
             if padded_k != k:  # pad one slice at a time: never the whole stack at once
                 padded, padded_k = pad_to_multiple(images[k:k + 1], multiple)[0][0], k
@@ -325,7 +351,8 @@ def _is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap=32, tta=False):
+def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap=32, tta=False,
+                  indices=None):
     """Predict P(cell) for every slice of a stack at full size.
 
     With ``tile=None`` each slice is mirror-padded at the bottom/right to a
@@ -351,10 +378,15 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     whole; rotated non-square slices simply have swapped height and width) and
     the prediction is transformed back before averaging. It costs 8 passes.
 
+    A model with ``2k + 1`` input channels (:func:`model_channels`, trained
+    with ``--context k``) gets every slice with its ``k`` neighbours on each
+    side of ``images`` (:func:`em_keras.data.context_stack`), so pass the
+    whole volume and pick slices with ``indices``.
+
     Parameters
     ----------
     model : keras.Model or callable
-        Maps float32 ``(B, H, W, 1)`` to ``(B, H, W, 1)`` (or ``(B, H, W)``).
+        Maps float32 ``(B, H, W, C)`` to ``(B, H, W, 1)`` (or ``(B, H, W)``).
     images : ndarray, (N, H, W) float in [0, 1]
     multiple : int, optional
         Pad to a multiple of this (default: inferred from the model, e.g. 16 for a
@@ -371,10 +403,13 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
         at a tile edge; 32 suits the default U-Net.
     tta : bool
         Average over the 8 rotations/flips.
+    indices : sequence of int, optional
+        Predict only these slices of ``images`` (default: all); a model with
+        context channels still sees their neighbours.
 
     Returns
     -------
-    ndarray, float32, (N, H, W)
+    ndarray, float32, (len(indices) or N, H, W)
         P(cell) per pixel.
 
     Raises
@@ -400,6 +435,16 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     images = np.asarray(images, np.float32)
     if images.ndim != 3:
         raise InputError(f"images must be (N, H, W), got shape {images.shape}")
+    channels = model_channels(model)
+    if channels % 2 == 0:
+        raise InputError(f"the model takes {channels} channels; expected 1 or 2k + 1 (a slice and k "
+                         f"neighbours on each side)")
+    if channels > 1:
+        from .data import context_stack
+
+        images = context_stack(images, (channels - 1) // 2, indices)
+    elif indices is not None:
+        images = images[np.asarray(indices, int).reshape(-1)]
     if not _is_int(batch_size) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if multiple is None:
@@ -418,9 +463,13 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
 
     if not tta:
         return run(images)
-    out = np.zeros(images.shape, np.float32)
+    out = np.zeros(images.shape[:3], np.float32)
     for forward, inverse in dihedral_transforms():
-        out += inverse(run(forward(images)))
+        if images.ndim == 4:  # transform the (H, W) axes of channels-last slices
+            x = np.ascontiguousarray(np.moveaxis(forward(np.moveaxis(images, -1, 1)), 1, -1))
+        else:
+            x = forward(images)
+        out += inverse(run(x))
     return out / np.float32(8)
 
 
@@ -441,7 +490,7 @@ def predict_ensemble(models, images, multiple=None, **kwargs):
     multiple : int, optional
         Pad to a multiple of this (default: LCM of the models' strides).
     **kwargs
-        ``batch_size``, ``tile``, ``overlap``, ``tta``: see :func:`predict_stack`.
+        ``batch_size``, ``tile``, ``overlap``, ``tta``, ``indices``: see :func:`predict_stack`.
 
     Returns
     -------

@@ -205,11 +205,12 @@ def _scores(labels, probs):
     return summary_scores(labels, probs)
 
 
-def _predict(out, images, tta):
-    """P(cell) of a run's ``last.keras``, shifted by the run's label offset like its ``probs.npy``."""
+def _predict(out, images, tta, indices=None):
+    """P(cell) of a run's ``last.keras`` on slices ``indices`` of the volume ``images``, shifted by
+    the run's label offset like its ``probs.npy``."""
     from .predict import load_model, predict_stack, shift_probs
 
-    probs = predict_stack(load_model(os.path.join(out, "last.keras")), images, tta=tta)
+    probs = predict_stack(load_model(os.path.join(out, "last.keras")), images, tta=tta, indices=indices)
     offset = _load_json(os.path.join(out, "metrics.json")).get("offset")
     return shift_probs(probs, offset) if offset else probs
 
@@ -230,7 +231,7 @@ def score_run(out, images, labels, log=print):
     val = run["val_slices"]
     own = np.load(os.path.join(out, "probs.npy"))
     own_tta = bool(run["config"].get("tta"))
-    other = _predict(out, images[val], tta=not own_tta)
+    other = _predict(out, images, tta=not own_tta, indices=val)
     t_probs, n_probs = (own, other) if own_tta else (other, own)
     metrics_json = _load_json(os.path.join(out, "metrics.json"))
     cache = {
@@ -265,7 +266,7 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
     tta = bool(run["config"].get("tta"))
     probs_val = np.load(os.path.join(out, "probs.npy"))
     t0 = time.time()
-    probs_tune = _predict(out, images[tune_slices], tta=tta)
+    probs_tune = _predict(out, images, tta=tta, indices=list(tune_slices))
     ranked = crf.grid_search(probs_tune, images[tune_slices], labels[tune_slices], jobs=jobs,
                              grid=_SMOKE_GRID if smoke else None)
     best = ranked[0][0]

@@ -9,7 +9,7 @@ A run writes into ``--out``:
 * ``probs.npy``: float32 ``(N, H, W)`` P(cell) for the held-out slices;
 * ``metrics.json``: the report's accuracy table (and ISBI scores) on those slices;
 * ``figures/slice_XX.png``: image | label | probability | prediction;
-* ``saved_model/``: ``model.export()``, serving float32 ``[N, H, W, 1]``;
+* ``saved_model/``: ``model.export()``, serving float32 ``[N, H, W, C]`` (C = 1, or 2K + 1 with ``--context K``);
 * ``run.json``: the command, the resolved configuration and package versions.
 """
 
@@ -79,6 +79,7 @@ class TrainConfig:
     brightness: float = None  # random brightness U[-b, b] of the image (values in [0, 1])
     contrast: float = None  # random contrast factor U[1-c, 1+c] about the image mean
     border_weight: float = None  # U-Net paper weight map w0 (0 = plain loss), sigma 5 px
+    context: int = None  # 2.5D: this many neighbouring slices on each side as input channels
     crop: int = None
     size: int = None
     filters: int = None
@@ -117,7 +118,7 @@ PRESETS = {
             optimizer="adam", lr=1e-5, lr_schedule="constant", momentum=0.9, weight_decay=0.0,
             loss="bce", batch_size=2, crop=None, size=512, augment=True, rot90=False,
             vertical_flip=False, elastic=0.0, epochs=20, steps_per_epoch=300, seed=0,
-            brightness=0.0, contrast=0.0,
+            brightness=0.0, contrast=0.0, context=0,
             jit_compile=False, tta=False, calibrate_offset=False,
         ),
         "cpu": dict(
@@ -126,7 +127,7 @@ PRESETS = {
             loss="bce", batch_size=4, crop=256, size=None, augment=True, rot90=True,
             vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=60, seed=0,
             # random brightness/contrast: V_rand 0.969-0.974 -> 0.983 at 6,000 steps (docs/RESULTS.md)
-            brightness=0.2, contrast=0.4,
+            brightness=0.2, contrast=0.4, context=0,
             jit_compile=False, tta=True, calibrate_offset=True,
         ),
     },
@@ -173,7 +174,7 @@ def _build_unet(cfg):
     from .unet import build_unet
 
     return build_unet(
-        input_shape=(None, None, 1), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
+        input_shape=(None, None, 1 + 2 * cfg.context), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
         batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
     )
 
@@ -184,6 +185,9 @@ def _unet_arguments(g):
     g.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None)
     g.add_argument("--dropout", type=float)
     g.add_argument("--upsampling", choices=["upsample", "transpose"])
+    g.add_argument("--context", type=int, metavar="K",
+                   help="2.5D input: each slice with its K neighbours on either side as 2K+1 channels "
+                        "(0 = the slice alone)")
 
 
 register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"],
@@ -203,7 +207,7 @@ _FCN_BASE = dict(
     lr=1e-10, lr_schedule="constant", momentum=0.99, weight_decay=5e-4, loss="bce_sum",
     batch_size=1, crop=None, size=256, augment=True, rot90=False, vertical_flip=False,
     elastic=0.0, epochs=20, steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
-    brightness=0.0, contrast=0.0,
+    brightness=0.0, contrast=0.0, context=0,
 )
 PRESETS["fcn"] = {
     "paper": dict(_FCN_BASE),
@@ -251,6 +255,8 @@ def _fcn_arguments(g):
 
 
 def _validate_fcn(cfg):
+    if cfg.context:
+        raise InputError(f"--context {cfg.context}: FCN takes one channel (its VGG16 input); use unet or unetpp")
     from .fcn import VARIANTS, resolve_backbone_weights
 
     if cfg.variant not in VARIANTS:
@@ -276,7 +282,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="mean", optimizer="sgd", lr=0.1, lr_schedule="constant",
         momentum=0.0, weight_decay=0.0, loss="bce_dice", batch_size=5, crop=None, size=512,
         augment=True, rot90=False, vertical_flip=False, elastic=0.0, epochs=20,
-        brightness=0.0, contrast=0.0,
+        brightness=0.0, contrast=0.0, context=0,
         steps_per_epoch=300, seed=0, jit_compile=False, calibrate_offset=False,
     ),
     # 8 filters beat 16 in the same time, and the last head beats the mean of the heads
@@ -287,7 +293,7 @@ PRESETS["unetpp"] = {
         deep_supervision=True, ds_predict="last", optimizer="adam", lr=1e-3, lr_schedule="cosine",
         momentum=0.9, weight_decay=0.0, loss="bce_dice", batch_size=4, crop=256, size=None,
         augment=True, rot90=True, vertical_flip=True, elastic=0.0, epochs=20, steps_per_epoch=72,
-        brightness=0.0, contrast=0.0,
+        brightness=0.0, contrast=0.0, context=0,
         seed=0, jit_compile=False, tta=True, calibrate_offset=True,
     ),
 }
@@ -297,7 +303,7 @@ def _build_unetpp(cfg):
     from .unetpp import build_unetpp
 
     return build_unetpp(
-        input_shape=(None, None, 1), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
+        input_shape=(None, None, 1 + 2 * cfg.context), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
         batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
         deep_supervision=bool(cfg.deep_supervision), ds_output="train",
     )
@@ -333,7 +339,9 @@ def make_augmenter(cfg):
     ``cfg.affine`` keeps the report's rotation, shifts, shear and zoom; without
     it only the exact flips and 90-degree rotations remain of the geometric
     changes (plus elastic deformation when ``cfg.elastic`` > 0). ``cfg.brightness``
-    and ``cfg.contrast`` change the image's intensities either way.
+    and ``cfg.contrast`` change the image's intensities either way, and a
+    ``cfg.context`` model also gets its neighbouring sections in reversed z order
+    half of the time (``z_flip``).
 
     Parameters
     ----------
@@ -352,7 +360,7 @@ def make_augmenter(cfg):
                                         height_shift_range=0.0, shear_range=0.0, zoom_range=0.0)
     return Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
                      elastic_alpha=cfg.elastic or 0.0, brightness=cfg.brightness or 0.0,
-                     contrast=cfg.contrast or 0.0, **ranges)
+                     contrast=cfg.contrast or 0.0, z_flip=bool(cfg.context), **ranges)
 
 
 def resolve_config(cfg):
@@ -404,6 +412,9 @@ def resolve_config(cfg):
         raise InputError(f"--brightness must be in [0, 1], got {out.brightness}")
     if out.contrast is not None and not 0 <= out.contrast < 1:
         raise InputError(f"--contrast must be in [0, 1), got {out.contrast}")
+    if out.context is not None and (not isinstance(out.context, int) or isinstance(out.context, bool)
+                                    or out.context < 0):
+        raise InputError(f"--context must be an integer >= 0, got {out.context!r}")
     if out.border_weight is not None and not (out.border_weight >= 0 and math.isfinite(out.border_weight)):
         raise InputError(f"--border-weight must be >= 0, got {out.border_weight}")
     if out.seed is not None and not 0 <= out.seed < 2 ** 32:
@@ -969,18 +980,40 @@ def _remove_stale_temporaries(out):
 CALIBRATION_SLICES = 20
 
 
-def _calibrate_offset(model, x_tr, y_tr, train_idx, mult, cfg, log):
-    """Predict training slices as the held-out ones are predicted and measure the label offset."""
+def _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log):
+    """Predict training slices as the held-out ones are predicted and measure the label offset.
+
+    ``images`` is the whole volume, ``y_tr`` the labels of its slices ``train_idx``.
+    """
     from .predict import calibrate_offset, predict_stack
 
-    pick = np.unique(np.linspace(0, len(x_tr) - 1, min(len(x_tr), CALIBRATION_SLICES)).round().astype(int))
-    probs = predict_stack(model, x_tr[pick], multiple=mult, tta=bool(cfg.tta))
+    pick = np.unique(np.linspace(0, len(y_tr) - 1, min(len(y_tr), CALIBRATION_SLICES)).round().astype(int))
+    probs = predict_stack(model, images, multiple=mult, tta=bool(cfg.tta),
+                          indices=[train_idx[i] for i in pick])
     cal = calibrate_offset(y_tr[pick], probs, threshold=cfg.threshold)
     cal["training_slices"] = [int(train_idx[i]) for i in pick]
     dy, dx = cal["offset"]
     log(f"label offset on {len(pick)} training slices: dy {dy:+g}, dx {dx:+g} px (training pixel accuracy "
         f"{cal['accuracy_unshifted']:.4f} -> {cal['accuracy']:.4f}); held-out P(cell) is shifted by it")
     return cal
+
+
+def _training_context(images, train_idx, context):
+    """:func:`em_keras.data.context_stack` of the training slices without any held-out image.
+
+    Each run of consecutive training slices is stacked as a volume of its own, so
+    a neighbour across a held-out gap is mirrored from inside the run: no held-out
+    image is trained on. (Predictions take neighbours from the whole volume, as
+    for a test volume.)
+    """
+    from .data import context_stack
+
+    runs, start = [], 0
+    for k in range(1, len(train_idx) + 1):
+        if k == len(train_idx) or train_idx[k] != train_idx[k - 1] + 1:
+            runs.append(images[train_idx[start]:train_idx[k - 1] + 1])
+            start = k
+    return np.concatenate([context_stack(run, context) for run in runs])
 
 
 def train(cfg, log=print, callbacks=()):
@@ -1100,11 +1133,18 @@ def train(cfg, log=print, callbacks=()):
         weights = np.stack([data_mod.border_weight_map(lab, w0=cfg.border_weight) for lab in y_tr])
         log(f"border weight maps (w0 {cfg.border_weight:g}, sigma 5): {time.time() - t_w:.1f} s, "
             f"mean weight {weights.mean():.2f}")
+    train_idx = [i for i in range(n) if i not in val]  # the order split_slices gives x_tr
+    x_in, vx_in = x_tr, x_val
+    if cfg.context:
+        x_in = _training_context(images, train_idx, cfg.context)
+        vx_in = data_mod.context_stack(images, cfg.context, val)
+        log(f"2.5D input: each slice with {cfg.context} neighbour(s) on either side, "
+            f"{1 + 2 * cfg.context} channels")
     train_ds = data_mod.make_train_dataset(
-        x_tr, y_tr, batch_size=cfg.batch_size * replicas, crop=cfg.crop, size=cfg.size,
+        x_in, y_tr, batch_size=cfg.batch_size * replicas, crop=cfg.crop, size=cfg.size,
         augmenter=augmenter, seed=cfg.seed, weights=weights,
     )
-    vx, _ = pad_to_multiple(x_val, mult)
+    vx, _ = pad_to_multiple(vx_in, mult)
     vy, _ = pad_to_multiple(y_val, mult)
     val_ds = data_mod.make_eval_dataset(vx, vy, batch_size=replicas, size=cfg.size)
     if cfg.strategy == "multiworker":  # in-memory data: shard elements, not files
@@ -1153,17 +1193,16 @@ def train(cfg, log=print, callbacks=()):
 
     if MODELS[cfg.model].get("inference"):  # single-output model for prediction and export
         model = MODELS[cfg.model]["inference"](model, cfg)
-    probs = predict_stack(model, x_val, multiple=mult)
+    probs = predict_stack(model, images, multiple=mult, indices=val)
     if cfg.size is not None:
         log("note: trained on resized slices; predicting held-out slices at full size")
     plain = None
     if cfg.tta:  # average over the 8 flips/rotations; the plain scores are kept beside
         plain = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
-        probs = predict_stack(model, x_val, multiple=mult, tta=True)
+        probs = predict_stack(model, images, multiple=mult, tta=True, indices=val)
     calibration = None
     if cfg.calibrate_offset:
-        train_idx = sorted(set(range(n)) - set(val))  # the order split_slices gives x_tr
-        calibration = _calibrate_offset(model, x_tr, y_tr, train_idx, mult, cfg, log)
+        calibration = _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log)
         unshifted = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
         probs = shift_probs(probs, calibration["offset"])
     table = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
@@ -1213,10 +1252,15 @@ def train(cfg, log=print, callbacks=()):
 
 
 def export_savedmodel(model, path):
-    """``model.export()`` into ``path`` atomically; serves float32 ``[N, H, W, 1]``."""
+    """``model.export()`` into ``path`` atomically; serves float32 ``[N, H, W, C]``.
+
+    C is the model's input channels: 1, or ``2k + 1`` for a ``--context k`` model.
+    """
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name="image")
+    from .predict import model_channels
+
+    spec = tf.TensorSpec([None, None, None, model_channels(model)], tf.float32, name="image")
     with atomic_dir(path) as tmp:
         model.export(tmp, format="tf_saved_model", input_signature=[spec], verbose=False)
 

@@ -323,6 +323,23 @@ def test_intensity_changes_the_image_only_and_keeps_the_geometry():
     assert not np.allclose(a, b, atol=1e-3)
 
 
+def test_z_flip_reverses_the_channels_of_some_examples_only():
+    img, msk = blobs(32)
+    img = img[..., 0]
+    x = np.stack([np.stack([img, img ** 2, 1 - img], -1)] * 16).astype(np.float32)  # 3 distinct channels
+    m = np.repeat(msk[None], 16, 0)
+    plain = Augmenter(**BIG, rot90=True)(x, m, seed=[5, 6])
+    flipped = Augmenter(**BIG, rot90=True, z_flip=True)(x, m, seed=[5, 6])
+    np.testing.assert_array_equal(flipped[1].numpy(), plain[1].numpy())  # mask and geometry unchanged
+    a, b = plain[0].numpy(), flipped[0].numpy()
+    same = [np.array_equal(a[i], b[i]) for i in range(16)]
+    rev = [np.array_equal(a[i, ..., ::-1], b[i]) for i in range(16)]
+    assert all(s or r for s, r in zip(same, rev)) and 0 < sum(rev) < 16
+    again = Augmenter(**BIG, rot90=True, z_flip=True)(x, m, seed=[5, 6])[0].numpy()
+    np.testing.assert_array_equal(again, b)
+    assert Augmenter(z_flip=True).get_config()["z_flip"] is True
+
+
 def test_contrast_and_brightness_exact_on_a_ramp():
     # contrast only: the mean is kept and deviations scale by one factor per example
     img = np.tile(np.linspace(0.3, 0.7, 16, dtype=np.float32), (16, 1))[None, ..., None]

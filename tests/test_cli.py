@@ -178,6 +178,7 @@ CASES = {
     "train/elastic negative": (_t("--elastic", "-1"), "--elastic"),
     "train/brightness negative": (_t("--brightness", "-0.1"), "--brightness"),
     "train/contrast 1": (_t("--contrast", "1"), "--contrast"),
+    "train/context negative": (_t("--context", "-1"), "--context"),
     "train/seed negative": (_t("--seed", "-1"), "--seed"),
     "train/bad optimizer": (_t("--optimizer", "adagrad"), "--optimizer"),
     "train/bad loss": (_t("--loss", "hinge"), "--loss"),

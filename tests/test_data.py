@@ -184,3 +184,42 @@ def test_train_dataset_carries_weights_through_crop_and_augmentation():
     # The weights moved with the mask: cells keep weight 1, heavy weights sit on membrane.
     assert np.all(w[y == 1] == 1.0) and w[y == 0].max() > 2.0
     assert set(np.unique(w)) <= set(np.unique(weights))
+
+
+def test_context_stack_by_hand_mirrors_at_both_ends():
+    v = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+    got = data.context_stack(v, 1)
+    assert got.shape == (4, 2, 3, 3) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[:, 1, 2], [[1, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 2]])
+    # neighbours come from the whole volume whichever slices are picked
+    np.testing.assert_array_equal(data.context_stack(v, 2, [0, 3])[:, 0, 0], [[2, 1, 0, 1, 2], [1, 2, 3, 2, 1]])
+    # a volume shorter than the context keeps reflecting (like np.pad mode="reflect")
+    np.testing.assert_array_equal(data.context_stack(v[:2], 2)[:, 0, 0], [[0, 1, 0, 1, 0], [1, 0, 1, 0, 1]])
+    np.testing.assert_array_equal(data.context_stack(v[:1], 1)[:, 0, 0], [[0, 0, 0]])
+    np.testing.assert_array_equal(data.context_stack(v, 0)[..., 0], v)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.zeros((2, 4)), 1), "volume"), ((np.zeros((2, 4, 4)), -1), "--context"),
+    ((np.zeros((2, 4, 4)), 1.5), "--context"), ((np.zeros((2, 4, 4)), 1, [2]), "out of range"),
+])
+def test_context_stack_bad_input(args, message):
+    with pytest.raises(InputError, match=message):
+        data.context_stack(*args)
+
+
+def test_train_dataset_crops_every_context_channel_with_the_mask():
+    x, y = data.synthetic_em(n=3, size=64, seed=1)
+    ctx = data.context_stack(x, 1)  # channel 0: slice i-1, 1: slice i, 2: slice i+1
+    ds = data.make_train_dataset(ctx, y, batch_size=2, crop=32, seed=0)
+    xb, yb = next(iter(ds))
+    assert xb.shape == (2, 32, 32, 3) and yb.shape == (2, 32, 32, 1)
+    for xi, yi in zip(xb.numpy(), yb.numpy()[..., 0]):
+        hits = [(k, r, c) for k in range(3) for r in range(33) for c in range(33)
+                if np.array_equal(x[k, r:r + 32, c:c + 32], xi[..., 1])]
+        assert len(hits) == 1
+        k, r, c = hits[0]
+        np.testing.assert_array_equal(yi, y[k, r:r + 32, c:c + 32])
+        np.testing.assert_array_equal(xi, ctx[k, r:r + 32, c:c + 32])  # the neighbours, same window
+    with pytest.raises(InputError, match="do not match labels"):
+        data.make_train_dataset(ctx[:2], y, batch_size=2, crop=32)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from em_keras.errors import InputError
-from em_keras.predict import (calibrate_offset, load_model, model_multiple, pad_to_multiple, parse_offset,
-                               predict_stack, shift_probs)
+from em_keras.predict import (calibrate_offset, load_model, model_channels, model_multiple, pad_to_multiple,
+                               parse_offset, predict_stack, shift_probs)
 from em_keras.training import export_savedmodel
 from em_keras.unet import build_unet
 
@@ -403,3 +403,69 @@ def test_cli_calibrate_prints_and_writes_the_offset(tmp_path, capsys):
     assert out.startswith("offset -0.5,0.25 ") and "--offset=-0.5,0.25" in out
     saved = json.loads((tmp_path / "cal.json").read_text())
     assert saved["offset"] == [-0.5, 0.25] and saved["accuracy"] > saved["accuracy_unshifted"]
+
+
+# --------------------------------------------------------------------------- 2.5D (context) models
+
+
+def _context_conv(kernels):
+    """sigmoid(sum over channels c of correlate(x_c, kernels[c])): a model with len(kernels) channels."""
+    kernels = np.asarray(kernels, np.float32)
+    inp = keras.Input((None, None, len(kernels)))
+    conv = keras.layers.Conv2D(1, kernels.shape[1:], padding="same", use_bias=False, activation="sigmoid")
+    m = keras.Model(inp, conv(inp))
+    conv.set_weights([np.moveaxis(kernels, 0, -1)[..., None]])
+    return m
+
+
+def _np_context_conv(vol, kernels, indices):
+    """Reference in scipy: channel c of slice i is slice i + c - k, mirrored at the ends of ``vol``."""
+    n, k = len(vol), len(kernels) // 2
+    out = []
+    for i in indices:
+        z = sum(ndimage.correlate(vol[np.pad(np.arange(n), k, mode="reflect")[i + c]].astype(np.float64),
+                                  kern, mode="constant") for c, kern in enumerate(kernels))
+        out.append(_sigmoid(z))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(tta=True), dict(tile=16, overlap=4, batch_size=3),
+                                dict(tta=True, tile=16, overlap=4)])
+def test_context_model_sees_the_neighbouring_slices(kw):
+    kernels = np.random.default_rng(6).normal(0, 1.5, (3, 3, 3))
+    vol = np.random.default_rng(7).random((4, 24, 28)).astype(np.float32)
+    m = _context_conv(kernels)
+    assert model_channels(m) == 3 and model_channels(build_unet(filters=4, depth=2)) == 1
+    got = predict_stack(m, vol, multiple=1, indices=[0, 2, 3], **kw)
+    assert got.shape == (3, 24, 28) and got.dtype == np.float32
+    if kw.get("tta"):  # the dihedral orbit of each channel's kernel, as in the 1-channel TTA test
+        orbits = [_orbit(k) for k in kernels]
+        expected = np.mean([_np_context_conv(vol, [o[j] for o in orbits], [0, 2, 3]) for j in range(8)], axis=0)
+    else:
+        expected = _np_context_conv(vol, kernels, [0, 2, 3])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the slice alone (the neighbours replaced by it) gives something else
+    alone = _np_context_conv(vol, kernels.sum(axis=0, keepdims=True), [0, 2, 3])
+    assert np.abs(predict_stack(m, vol, multiple=1, indices=[0, 2, 3]) - alone).max() > 1e-2
+
+
+def test_context_model_in_a_savedmodel_and_on_the_cli(tmp_path, capsys):
+    import tifffile
+
+    m = _context_conv(np.random.default_rng(8).normal(0, 1.5, (5, 3, 3)))
+    vol = np.random.default_rng(9).random((6, 16, 20)).astype(np.float32)
+    export_savedmodel(m, str(tmp_path / "sm"))
+    sm = load_model(str(tmp_path / "sm"))
+    assert model_channels(sm) == 5
+    ref = predict_stack(m, vol, multiple=1, indices=[4, 5])
+    np.testing.assert_allclose(predict_stack(sm, vol, multiple=1, indices=[4, 5]), ref, atol=1e-6)
+    m.save(tmp_path / "m.keras")
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    assert run_cli(predict_main, ["--model", str(tmp_path / "m.keras"), "--images", str(tmp_path / "v.tif"),
+                                  "--slices", "4-5", "--multiple", "1", "--out", str(tmp_path / "p.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), ref, atol=1e-6)
+
+
+def test_even_channel_models_are_refused():
+    with pytest.raises(InputError, match="2 channels"):
+        predict_stack(_context_conv(np.ones((2, 1, 1))), np.zeros((3, 8, 8), np.float32), multiple=1)

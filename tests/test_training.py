@@ -496,3 +496,54 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
     assert not {"offset", "offset_calibration", "without_offset"} & set(off)
     assert training.resolve_config(TrainConfig(preset="paper")).calibrate_offset is False
     assert training.resolve_config(TrainConfig(preset="cpu")).calibrate_offset is True
+
+
+def test_context_run_trains_predicts_and_exports_2k_plus_1_channels(stack, tmp_path):
+    import tensorflow as tf
+
+    from em_keras.data import context_stack, read_stack
+    from em_keras.predict import predict_stack
+
+    out = tmp_path / "ctx"
+    lines = []
+    result = train(tiny(stack, out, context=1, epochs=1, val_slices="4-5", calibrate_offset=False),
+                   log=lines.append)
+    assert any(line.startswith("2.5D input: each slice with 1 neighbour(s) on either side, 3 channels")
+               for line in lines)
+    last = load(out / "last.keras")
+    assert last.input_shape == (None, None, None, 3)
+    vol = read_stack(str(stack / "train-volume.tif"))
+    # held-out slice 5 is the last: its "next" neighbour is slice 4 mirrored
+    expected = predict_stack(last, vol, multiple=4, tta=True, indices=[4, 5])
+    np.testing.assert_allclose(np.load(out / "probs.npy"), expected, rtol=0, atol=1e-6)
+    assert result["held_out_slices"] == [4, 5]
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    x = context_stack(vol, 1, [5])
+    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), last.predict(x, verbose=0), atol=1e-6)
+    assert json.loads((out / "run.json").read_text())["config"]["context"] == 1
+
+
+def test_context_flag_defaults_and_checks():
+    for model in ("unet", "unetpp", "fcn"):
+        for preset in training.PRESETS[model]:
+            cfg = TrainConfig(model=model, preset=preset, backbone_weights="none")
+            assert training.resolve_config(cfg).context == 0
+    args = training.build_parser("unet").parse_args(["--context", "2", "--out", "x"])
+    cfg = training.resolve_config(training.config_from_args(args, "unet"))
+    assert cfg.context == 2 and training.build_model(cfg).input_shape == (None, None, None, 5)
+    assert training.make_augmenter(cfg).z_flip is True
+    assert training.make_augmenter(training.resolve_config(TrainConfig())).z_flip is False
+    args = training.build_parser("unetpp").parse_args(["--context", "1", "--out", "x"])
+    cfg = training.resolve_config(training.config_from_args(args, "unetpp"))
+    assert training.build_model(cfg).input_shape == (None, None, None, 3)
+    with pytest.raises(InputError, match="--context must be an integer >= 0"):
+        training.resolve_config(TrainConfig(context=-1))
+    with pytest.raises(InputError, match="FCN takes one channel"):
+        training.resolve_config(TrainConfig(model="fcn", context=1, backbone_weights="none"))
+
+
+def test_training_context_never_uses_a_held_out_image():
+    vol = np.arange(8, dtype=np.float32)[:, None, None] * np.ones((8, 2, 2), np.float32)
+    got = training._training_context(vol, [0, 1, 2, 5, 6, 7], 1)[:, 0, 0]  # 3 and 4 held out
+    np.testing.assert_array_equal(got, [[1, 0, 1], [0, 1, 2], [1, 2, 1], [6, 5, 6], [5, 6, 7], [6, 7, 6]])
+    np.testing.assert_array_equal(training._training_context(vol, [0, 1, 2, 3], 2)[..., 2], vol[:4])
