@@ -19,9 +19,9 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble", "model_multiple",
-           "model_channels", "common_multiple", "tile_starts", "blend_window", "dihedral_transforms", "shift_probs", "calibrate_offset",
-           "parse_offset"]
+__all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble",
+           "model_multiple", "model_channels", "common_multiple", "tile_starts", "blend_window",
+           "dihedral_transforms", "shift_probs", "calibrate_offset", "parse_offset"]
 
 
 def load_model(path):
@@ -439,12 +439,12 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     if channels % 2 == 0:
         raise InputError(f"the model takes {channels} channels; expected 1 or 2k + 1 (a slice and k "
                          f"neighbours on each side)")
-    if channels > 1:
+    if channels > 1 or indices is not None:
         from .data import context_stack
 
         images = context_stack(images, (channels - 1) // 2, indices)
-    elif indices is not None:
-        images = images[np.asarray(indices, int).reshape(-1)]
+        if channels == 1:
+            images = images[..., 0]
     if not _is_int(batch_size) or batch_size <= 0:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if multiple is None:

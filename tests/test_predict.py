@@ -469,3 +469,12 @@ def test_context_model_in_a_savedmodel_and_on_the_cli(tmp_path, capsys):
 def test_even_channel_models_are_refused():
     with pytest.raises(InputError, match="2 channels"):
         predict_stack(_context_conv(np.ones((2, 1, 1))), np.zeros((3, 8, 8), np.float32), multiple=1)
+
+
+def test_indices_pick_slices_of_a_one_channel_model_and_are_checked():
+    m = _fixed_conv([[0, 1, 0], [1, -4, 1], [0, 1, 0]])
+    vol = np.random.default_rng(10).random((4, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(predict_stack(m, vol, multiple=1, indices=[3, 1]),
+                                  predict_stack(m, vol[[3, 1]], multiple=1))
+    with pytest.raises(InputError, match="out of range"):
+        predict_stack(m, vol, multiple=1, indices=[4])
