@@ -62,14 +62,16 @@ def predict_main(argv):
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
     p.add_argument("--offset", metavar="DY,DX|JSON",
                    help="shift P(cell) by DY,DX pixels (sub-pixel, bilinear) to where the labels are drawn; "
-                        "or a JSON file with an 'offset', e.g. a training run's metrics.json")
+                        "or a JSON file with an 'offset', e.g. a training run's metrics.json (default: the "
+                        "offset recorded with each model, i.e. its run's saved_model/ or last.keras; "
+                        "--offset 0,0 turns it off)")
     p.add_argument("--masks", help="also write uint8 0/255 masks (cell = 255) to this .tif")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     from . import data
     from .atomic import check_writable, save_npy, save_tiff
-    from .predict import common_multiple, load_model, parse_offset, predict_ensemble, shift_probs
+    from .predict import common_multiple, load_model, parse_offset, predict_ensemble, recorded_offset, shift_probs
 
     if not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
@@ -99,7 +101,12 @@ def predict_main(argv):
     stride = args.multiple or common_multiple(models)
     if args.tile is not None and args.tile % stride:
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
-    probs = predict_ensemble(models, images, multiple=stride, batch_size=args.batch_size,
+    recorded = [recorded_offset(path) for path in args.model] if offset is None else None
+    for path, rec in zip(args.model, recorded or []):
+        if rec is not None:
+            print(f"note: shifting the P(cell) of {path} by its recorded label offset dy {rec[0]:+g}, "
+                  f"dx {rec[1]:+g} px (--offset 0,0 turns this off)")
+    probs = predict_ensemble(models, images, multiple=stride, offsets=recorded, batch_size=args.batch_size,
                              tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta,
                              indices=indices)
     if offset is not None:

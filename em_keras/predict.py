@@ -21,7 +21,10 @@ from .errors import InputError
 
 __all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble",
            "model_multiple", "model_channels", "common_multiple", "tile_starts", "blend_window",
-           "dihedral_transforms", "shift_probs", "calibrate_offset", "parse_offset"]
+           "dihedral_transforms", "shift_probs", "calibrate_offset", "parse_offset", "recorded_offset"]
+
+#: Where :func:`em_keras.training.export_savedmodel` records a SavedModel's label offset.
+RECORD_DIR, RECORD_FILE = "assets.extra", "em_keras.json"
 
 
 def load_model(path):
@@ -473,7 +476,7 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     return out / np.float32(8)
 
 
-def predict_ensemble(models, images, multiple=None, **kwargs):
+def predict_ensemble(models, images, multiple=None, offsets=None, **kwargs):
     """Mean P(cell) of several models: :func:`predict_stack` with each, then averaged.
 
     Every model sees the same input, padded to a multiple of all their strides
@@ -489,6 +492,9 @@ def predict_ensemble(models, images, multiple=None, **kwargs):
     images : ndarray, (N, H, W) float in [0, 1]
     multiple : int, optional
         Pad to a multiple of this (default: LCM of the models' strides).
+    offsets : sequence of (dy, dx) or None, optional
+        Per model, a label offset to shift its P(cell) by (:func:`shift_probs`)
+        before averaging; None (or a None entry) leaves it unshifted.
     **kwargs
         ``batch_size``, ``tile``, ``overlap``, ``tta``, ``indices``: see :func:`predict_stack`.
 
@@ -513,11 +519,53 @@ def predict_ensemble(models, images, multiple=None, **kwargs):
         raise InputError("predict_ensemble needs at least one model")
     if multiple is None:
         multiple = common_multiple(models)
+    if offsets is None:
+        offsets = [None] * len(models)
+    if len(offsets) != len(models):
+        raise InputError(f"predict_ensemble: {len(offsets)} offsets for {len(models)} models")
     out = None
-    for model in models:
+    for model, offset in zip(models, offsets):
         probs = predict_stack(model, images, multiple=multiple, **kwargs)
+        if offset is not None:
+            probs = shift_probs(probs, offset)
         out = probs if out is None else out + probs
     return out / np.float32(len(models))
+
+
+def recorded_offset(path):
+    """The label offset recorded with a trained model, or None.
+
+    A SavedModel written by a run with ``--calibrate-offset`` carries it in
+    ``assets.extra/em_keras.json``; a run's ``last.keras`` has it in the
+    ``metrics.json`` beside it (the offset was measured with that checkpoint).
+
+    Parameters
+    ----------
+    path : str
+        A SavedModel directory or a ``.keras`` file.
+
+    Returns
+    -------
+    (float, float) or None
+    """
+    import json
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        where = os.path.join(path, RECORD_DIR, RECORD_FILE)
+    elif os.path.basename(path) == "last.keras":
+        where = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+    else:
+        return None
+    try:
+        with open(where) as fh:
+            record = json.load(fh)
+        if where.endswith("metrics.json") and record.get("checkpoint", "last") != "last":
+            return None
+        dy, dx = (float(v) for v in record["offset"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (dy, dx) if np.isfinite([dy, dx]).all() else None
 
 
 def parse_offset(text, flag="--offset"):

@@ -1236,7 +1236,8 @@ def train(cfg, log=print, callbacks=()):
     for k, idx in enumerate(val):
         save_png(os.path.join(cfg.out, "figures", f"slice_{idx:02d}.png"),
                  _panel(x_val[k], y_val[k], probs[k], cfg.threshold))
-    export_savedmodel(model, os.path.join(cfg.out, "saved_model"))
+    export_savedmodel(model, os.path.join(cfg.out, "saved_model"),
+                      offset=calibration["offset"] if calibration is not None else None)
     run_info.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     train_seconds=round(train_seconds, 1))
     save_json(os.path.join(cfg.out, "run.json"), run_info)
@@ -1251,18 +1252,25 @@ def train(cfg, log=print, callbacks=()):
     return result
 
 
-def export_savedmodel(model, path):
+def export_savedmodel(model, path, offset=None):
     """``model.export()`` into ``path`` atomically; serves float32 ``[N, H, W, C]``.
 
     C is the model's input channels: 1, or ``2k + 1`` for a ``--context k`` model.
+    A label ``offset`` ``(dy, dx)`` is recorded in ``assets.extra/em_keras.json``
+    (extra files that TensorFlow Serving ignores), where
+    :func:`em_keras.predict.recorded_offset` finds it: the served P(cell) is
+    unshifted, because the shift belongs after test-time augmentation.
     """
     import tensorflow as tf
 
-    from .predict import model_channels
+    from .predict import RECORD_DIR, RECORD_FILE, model_channels
 
     spec = tf.TensorSpec([None, None, None, model_channels(model)], tf.float32, name="image")
     with atomic_dir(path) as tmp:
         model.export(tmp, format="tf_saved_model", input_signature=[spec], verbose=False)
+        if offset is not None:
+            os.makedirs(os.path.join(tmp, RECORD_DIR), exist_ok=True)
+            save_json(os.path.join(tmp, RECORD_DIR, RECORD_FILE), {"offset": [float(v) for v in offset]})
 
 
 def _mixed_policy():

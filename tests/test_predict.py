@@ -478,3 +478,49 @@ def test_indices_pick_slices_of_a_one_channel_model_and_are_checked():
                                   predict_stack(m, vol[[3, 1]], multiple=1))
     with pytest.raises(InputError, match="out of range"):
         predict_stack(m, vol, multiple=1, indices=[4])
+
+
+# --------------------------------------------------------------------------- recorded label offsets
+
+
+def test_savedmodel_and_last_keras_carry_the_offset_to_predict(tmp_path, capsys):
+    import json
+
+    import tifffile
+
+    from em_keras.predict import RECORD_DIR, RECORD_FILE, recorded_offset
+
+    m = _fixed_conv(np.random.default_rng(11).normal(0, 1.5, (3, 3)))
+    x = np.random.default_rng(12).random((2, 16, 20)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "x.tif", x)
+    export_savedmodel(m, str(tmp_path / "sm"), offset=(-0.625, 0.25))
+    export_savedmodel(m, str(tmp_path / "sm0"))
+    run = tmp_path / "run"
+    run.mkdir()
+    m.save(run / "last.keras")
+    (run / "metrics.json").write_text(json.dumps({"checkpoint": "last", "offset": [0.5, -1.0]}))
+    m.save(run / "best.keras")  # another checkpoint: the run's offset is not claimed for it
+    assert json.loads((tmp_path / "sm" / RECORD_DIR / RECORD_FILE).read_text()) == {"offset": [-0.625, 0.25]}
+    assert recorded_offset(str(tmp_path / "sm")) == (-0.625, 0.25)
+    assert recorded_offset(str(run / "last.keras")) == (0.5, -1.0)
+    assert recorded_offset(str(tmp_path / "sm0")) is None and recorded_offset(str(run / "best.keras")) is None
+
+    plain = predict_stack(m, x, multiple=1)
+
+    def cli(*models, extra=()):
+        args = [a for p in models for a in ("--model", str(p))]
+        out = tmp_path / "p.npy"
+        assert run_cli(predict_main, args + ["--images", str(tmp_path / "x.tif"), "--multiple", "1",
+                                             "--out", str(out), *extra]) == 0
+        return np.load(out)
+
+    np.testing.assert_allclose(cli(tmp_path / "sm"), shift_probs(plain, (-0.625, 0.25)), atol=1e-6)
+    assert "recorded label offset dy -0.625, dx +0.25" in capsys.readouterr().out
+    np.testing.assert_allclose(cli(tmp_path / "sm", extra=["--offset", "0,0"]), plain, atol=1e-6)
+    np.testing.assert_allclose(cli(tmp_path / "sm0"), plain, atol=1e-6)
+    np.testing.assert_allclose(cli(run / "best.keras"), plain, atol=1e-6)
+    # an ensemble shifts each model by its own offset before averaging
+    both = cli(tmp_path / "sm", run / "last.keras")
+    expected = (shift_probs(plain, (-0.625, 0.25)) + shift_probs(plain, (0.5, -1.0))) / 2
+    np.testing.assert_allclose(both, expected, atol=1e-6)
+    assert np.abs(both - plain).max() > 1e-2

@@ -494,6 +494,11 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
     off = train(tiny(stack, tmp_path / "nocal", val_slices="4-5", epochs=1, steps_per_epoch=1,
                      calibrate_offset=False), log=lambda *a: None)
     assert not {"offset", "offset_calibration", "without_offset"} & set(off)
+    from em_keras.predict import recorded_offset
+
+    assert recorded_offset(str(out / "saved_model")) == (0.5, -0.25)  # travels with the export
+    assert recorded_offset(str(out / "last.keras")) == (0.5, -0.25)
+    assert recorded_offset(str(tmp_path / "nocal" / "saved_model")) is None
     assert training.resolve_config(TrainConfig(preset="paper")).calibrate_offset is False
     assert training.resolve_config(TrainConfig(preset="cpu")).calibrate_offset is True
 
