@@ -174,8 +174,8 @@ def _build_unet(cfg):
     from .unet import build_unet
 
     return build_unet(
-        input_shape=(None, None, 1 + 2 * cfg.context), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
-        batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
+        input_shape=(None, None, 1 + 2 * (cfg.context or 0)), filters=cfg.filters, depth=cfg.depth,
+        dropout=cfg.dropout, batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
     )
 
 
@@ -303,8 +303,8 @@ def _build_unetpp(cfg):
     from .unetpp import build_unetpp
 
     return build_unetpp(
-        input_shape=(None, None, 1 + 2 * cfg.context), filters=cfg.filters, depth=cfg.depth, dropout=cfg.dropout,
-        batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
+        input_shape=(None, None, 1 + 2 * (cfg.context or 0)), filters=cfg.filters, depth=cfg.depth,
+        dropout=cfg.dropout, batch_norm=cfg.batch_norm, upsampling=cfg.upsampling,
         deep_supervision=bool(cfg.deep_supervision), ds_output="train",
     )
 
@@ -915,7 +915,7 @@ def _panel(image, label, prob, threshold):
 #: Settings that a resumed run must share with the interrupted one (its backup holds
 #: weights and optimizer state of that shape and kind).
 RESUME_KEYS = ("model", "filters", "depth", "batch_norm", "upsampling", "optimizer", "lr_schedule",
-               "steps_per_epoch", "mixed_precision")
+               "steps_per_epoch", "mixed_precision", "context")
 
 
 def _check_out(cfg):

@@ -106,10 +106,10 @@ def f(tmp_path_factory):
     (d / "dir.tif").mkdir()
     p["dir_tif"] = str(d / "dir.tif")
     # an --out holding a finished run, and one holding an interrupted run of another model
-    for name, status, filters in (("run_done", "done", 4), ("run_other", "running", 8)):
+    for name, status, cfg in (("run_done", "done", {"filters": 4}), ("run_other", "running", {"filters": 8}),
+                              ("run_ctx", "running", {"filters": 4, "context": 1})):
         (d / name / "backup").mkdir(parents=True)
-        (d / name / "run.json").write_text(json.dumps({"status": status, "config": {"model": "unet",
-                                                                                       "filters": filters}}))
+        (d / name / "run.json").write_text(json.dumps({"status": status, "config": {"model": "unet", **cfg}}))
         (d / name / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
         p[name] = str(d / name)
     p["missing"] = str(d / "does-not-exist.tif")
@@ -190,6 +190,7 @@ CASES = {
     "train/out is a file": (_t(out="{file}"), "not a directory"),
     "train/out holds a finished run": (_t(out="{run_done}"), "finished run"),
     "train/out holds another model's run": (_t(out="{run_other}"), "--filters 8"),
+    "train/out holds a run with other context": (_t(out="{run_ctx}"), "--context 1, not 0"),
     "em train/unknown model": (("em", ["train", "resnet"]), "usage"),
     # ---- train_fcn.py, train_unetpp.py: the same parser and checks
     "train_fcn/missing data dir": (("train_fcn", ["--data", "{missing}", "--out", "{dir}/o"]), "not found"),
