@@ -548,8 +548,6 @@ def recorded_offset(path):
     -------
     (float, float) or None
     """
-    import json
-
     path = os.fspath(path)
     if os.path.isdir(path):
         where = os.path.join(path, RECORD_DIR, RECORD_FILE)
@@ -558,14 +556,9 @@ def recorded_offset(path):
     else:
         return None
     try:
-        with open(where) as fh:
-            record = json.load(fh)
-        if where.endswith("metrics.json") and record.get("checkpoint", "last") != "last":
-            return None
-        dy, dx = (float(v) for v in record["offset"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return parse_offset(where)
+    except InputError:  # no record, or a run without --calibrate-offset
         return None
-    return (dy, dx) if np.isfinite([dy, dx]).all() else None
 
 
 def parse_offset(text, flag="--offset"):

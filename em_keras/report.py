@@ -208,11 +208,12 @@ def _scores(labels, probs):
 def _predict(out, images, tta, indices=None):
     """P(cell) of a run's ``last.keras`` on slices ``indices`` of the volume ``images``, shifted by
     the run's label offset like its ``probs.npy``."""
-    from .predict import load_model, predict_stack, shift_probs
+    from .predict import load_model, predict_stack, recorded_offset, shift_probs
 
-    probs = predict_stack(load_model(os.path.join(out, "last.keras")), images, tta=tta, indices=indices)
-    offset = _load_json(os.path.join(out, "metrics.json")).get("offset")
-    return shift_probs(probs, offset) if offset else probs
+    path = os.path.join(out, "last.keras")
+    probs = predict_stack(load_model(path), images, tta=tta, indices=indices)
+    offset = recorded_offset(path)
+    return probs if offset is None else shift_probs(probs, offset)
 
 
 def score_run(out, images, labels, log=print):
