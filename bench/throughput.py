@@ -83,7 +83,10 @@ MODEL_SPECS = {
     "unet-cpu": ("unet", "cpu", "em_keras.unet", {}),
     "unet-paper": ("unet", "paper", "em_keras.unet", {}),
     "unetpp-cpu": ("unetpp", "cpu", "em_keras.unetpp", {}),
+    "unetpp-paper": ("unetpp", "paper", "em_keras.unetpp", {}),
     "fcn8s-cpu": ("fcn", "cpu", "em_keras.fcn", {"variant": "8s"}),
+    # random VGG16 weights: the same arithmetic, and nothing to load
+    "fcn8s-paper": ("fcn", "paper", "em_keras.fcn", {"variant": "8s", "backbone_weights": "none"}),
 }
 
 #: Sizes used by ``--quick`` (a smoke test, not a measurement).
