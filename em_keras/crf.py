@@ -100,6 +100,7 @@ __all__ = [
     "grid_search",
     "validate_probs",
     "params_to_flags",
+    "resolve_offset",
     "main",
 ]
 
@@ -549,6 +550,31 @@ def validate_probs(probs, path="probs"):
     return np.ascontiguousarray(probs, dtype=np.float32)
 
 
+def resolve_offset(offset, probs_path=None):
+    """The label offset to align the images with, or None.
+
+    An explicit ``offset`` (``"DY,DX"`` or a JSON file, as for
+    ``python -m em_keras predict --offset``) wins. Otherwise a training run's
+    own ``probs.npy`` (shifted by the offset measured with ``--calibrate-offset``)
+    takes the ``offset`` recorded in the ``metrics.json`` beside it.
+
+    Returns
+    -------
+    (float, float) or None
+    """
+    from .predict import parse_offset
+
+    if offset is not None:
+        return parse_offset(offset, "--offset")
+    if probs_path is None or os.path.basename(os.fspath(probs_path)) != "probs.npy":
+        return None
+    record = os.path.join(os.path.dirname(os.path.abspath(probs_path)), "metrics.json")
+    try:
+        return parse_offset(record, "--offset")
+    except InputError:  # no metrics.json, or a run without --calibrate-offset
+        return None
+
+
 def _read_probs(path):
     from .data import _read_raw
 
@@ -619,6 +645,11 @@ def _build_parser():
                     help="ground truth (cell = 255 or 1): print accuracy and V_rand/V_info before and after")
     io.add_argument("--slices", metavar="SPEC",
                     help="use only these slices of probs/images/labels, e.g. 20-24 or 0,3,5-7 (default: all)")
+    io.add_argument("--offset", metavar="DY,DX|JSON",
+                    help="the label offset the probabilities were shifted by (a training run's metrics.json, "
+                         "or DY,DX in pixels); the images are shifted the same way so that their edges line "
+                         "up with the probabilities (default: the 'offset' in the metrics.json beside a "
+                         "run's probs.npy; --offset 0,0 turns it off)")
     io.add_argument("--out", metavar="OUT.tif", help="refined masks, uint8 multi-page TIFF, cell = 255, membrane = 0")
     io.add_argument("--out-probs", metavar="OUT.npy", help="refined P(cell) (CRF marginals), float32 (N,H,W) .npy")
     crf = ap.add_argument_group("CRF parameters (intensities on the [0, 1] scale in both modes)")
@@ -766,6 +797,7 @@ def main(argv=None):
         base_grid.update(grid)
         grid = base_grid
         combos = _expand_grid(grid, params)  # validates the grid values
+    offset = resolve_offset(args.offset, args.probs)
     _import_densecrf()
 
     from .data import parse_slices, read_labels, read_stack
@@ -794,6 +826,14 @@ def main(argv=None):
         raise InputError(f"{args.labels}: labels {labels.shape} do not match probs {args.probs} {probs.shape}")
     progress = not args.no_progress
     log = sys.stdout
+    if offset is not None and offset != (0.0, 0.0):
+        from .predict import shift_probs
+
+        if args.offset is None:
+            print(f"note: {args.probs} was shifted by its run's label offset dy {offset[0]:+g}, "
+                  f"dx {offset[1]:+g} px; shifting the images the same way (--offset 0,0 turns this off)",
+                  file=log)
+        images = shift_probs(images, offset)
 
     if args.grid_search:
         isbi = args.rank_by in ("v_rand", "v_info")

@@ -268,6 +268,11 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
     probs_val = np.load(os.path.join(out, "probs.npy"))
     t0 = time.time()
     probs_tune = _predict(out, images, tta=tta, indices=list(tune_slices))
+    offset = crf.resolve_offset(None, os.path.join(out, "probs.npy"))
+    if offset is not None:  # the probabilities sit on the labels' grid: move the images there too
+        from .predict import shift_probs
+
+        images = shift_probs(images, offset)
     ranked = crf.grid_search(probs_tune, images[tune_slices], labels[tune_slices], jobs=jobs,
                              grid=_SMOKE_GRID if smoke else None)
     best = ranked[0][0]
@@ -280,6 +285,7 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
         "tuned": {k: (v if isinstance(v, str) else float(v)) for k, v in best.items()},
         "tuned_flags": crf.params_to_flags(best),
         "settings_tried": len(ranked),
+        "image_offset": None if offset is None else [float(v) for v in offset],
         "report_params": _scores(labels[val], refined_report),
         "tuned_params": _scores(labels[val], refined_tuned),
         "seconds": round(time.time() - t0, 1),

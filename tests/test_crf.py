@@ -277,12 +277,59 @@ def test_cli_grid_search_prints_ranking_and_saves_best(files, tmp_path, capsys):
     assert np.load(out).shape[0] == 2
 
 
+def _refine_cli(paths, out, *extra):
+    code = crf.main(["--probs", paths["probs"], "--images", paths["images"], "--out-probs", str(out),
+                     "--iters", "5", "--no-progress", *extra])
+    assert code == 0
+    return np.load(out)
+
+
+def test_cli_offset_moves_the_images_with_the_probabilities(files, tmp_path, capsys):
+    from em_keras.predict import shift_probs
+
+    paths, probs, images, _ = files
+    shifted_images = shift_probs(images, (0, 3))  # an integer offset: an exact translation
+    plain = _refine_cli(paths, tmp_path / "plain.npy")
+    explicit = _refine_cli(paths, tmp_path / "explicit.npy", "--offset", "0,3")
+    np.testing.assert_allclose(explicit, crf.refine_stack(probs, shifted_images, iters=5), atol=1e-6)
+    assert np.abs(explicit - plain).max() > 0.05  # the membrane moved under the bilateral kernel
+    assert "note:" not in capsys.readouterr().out
+
+    # a run's probs.npy: the offset in the metrics.json beside it is applied unasked ...
+    with open(os.path.join(os.path.dirname(paths["probs"]), "metrics.json"), "w") as f:
+        json.dump({"offset": [0, 3], "pixel_accuracy": 0.9}, f)
+    auto = _refine_cli(paths, tmp_path / "auto.npy")
+    np.testing.assert_array_equal(auto, explicit)
+    assert "shifting the images the same way" in capsys.readouterr().out
+    # ... unless turned off, and only for the run's own probs.npy
+    np.testing.assert_array_equal(_refine_cli(paths, tmp_path / "off.npy", "--offset", "0,0"), plain)
+    other = tmp_path / "other.npy"
+    np.save(other, probs)
+    np.testing.assert_array_equal(_refine_cli(dict(paths, probs=str(other)), tmp_path / "o.npy"), plain)
+
+
+def test_resolve_offset(tmp_path):
+    assert crf.resolve_offset("-0.5,0.25") == (-0.5, 0.25)
+    assert crf.resolve_offset(None, tmp_path / "probs.npy") is None  # no metrics.json
+    (tmp_path / "metrics.json").write_text(json.dumps({"pixel_accuracy": 0.9}))
+    assert crf.resolve_offset(None, tmp_path / "probs.npy") is None  # a run without --calibrate-offset
+    (tmp_path / "metrics.json").write_text(json.dumps({"offset": [-0.625, -0.25]}))
+    assert crf.resolve_offset(None, tmp_path / "probs.npy") == (-0.625, -0.25)
+    assert crf.resolve_offset(None, tmp_path / "val.npy") is None
+    assert crf.resolve_offset(str(tmp_path / "metrics.json")) == (-0.625, -0.25)
+
+
 def _bad_cases(tmp_path, paths, probs):
     import tifffile
 
     def npy(name, arr):
         p = tmp_path / name
         np.save(p, arr)
+        return str(p)
+
+    def npy_json(name):
+        p = tmp_path / name
+        p.write_text(json.dumps({"pixel_accuracy": 0.9}))
         return str(p)
 
     corrupt = tmp_path / "corrupt.npy"
@@ -317,13 +364,16 @@ def _bad_cases(tmp_path, paths, probs):
                       "--grid", "schan=0,0.1"], "--grid: --schan"),
         "bad schan": (["--probs", p, "--images", i, "--schan", "0"], "--schan"),
         "bad out ext": (["--probs", p, "--images", i, "--out", str(tmp_path / "out" / "x.png")], ".tif"),
+        "bad offset": (["--probs", p, "--images", i, "--offset", "1"], "--offset 1"),
+        "offset json without offset": (["--probs", p, "--images", i, "--offset", npy_json("m.json")],
+                                       "no 'offset'"),
     }
 
 
 BAD = ["slice count mismatch", "size mismatch", "nan", "above one", "negative", "2-D", "5-D", "3 channels",
        "int probs", "softmax not summing to 1", "corrupt npy", "missing probs", "missing images",
        "missing labels", "slice out of range", "nothing to do", "grid without labels", "bad grid",
-       "bad schan", "bad out ext"]
+       "bad schan", "bad out ext", "bad offset", "offset json without offset"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -165,3 +165,28 @@ def test_rescoring_applies_the_runs_label_offset(tmp_path):
     np.testing.assert_array_equal(report._predict(str(tmp_path), x, tta=True), shift_probs(plain, (0.5, -0.25)))
     (tmp_path / "metrics.json").write_text(json.dumps({"pixel_accuracy": 0.9}))  # a run without calibration
     np.testing.assert_array_equal(report._predict(str(tmp_path), x, tta=True), plain)
+
+
+def test_crf_scores_refines_against_images_moved_by_the_offset(tmp_path, monkeypatch):
+    pytest.importorskip("pydensecrf.densecrf")
+    from em_keras import crf
+    from em_keras.predict import shift_probs
+
+    rng = np.random.default_rng(1)
+    images = rng.random((4, 16, 16)).astype(np.float32)
+    labels = (rng.random((4, 16, 16)) > 0.3).astype(np.uint8)
+    probs = rng.random((2, 16, 16)).astype(np.float32)
+    (tmp_path / "run.json").write_text(json.dumps({"val_slices": [2, 3], "config": {"tta": False}}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"offset": [0.0, 2.0]}))
+    np.save(tmp_path / "probs.npy", probs)
+    predicted = []
+    monkeypatch.setattr(report, "_predict", lambda out, im, tta, indices: predicted.append(im) or probs)
+    seen = []
+    real_refine = crf.refine_stack
+    monkeypatch.setattr(crf, "refine_stack", lambda p, im, **kw: seen.append(im) or real_refine(p, im, **kw))
+    result = report.crf_scores(str(tmp_path), images, labels, tune_slices=[0, 1], smoke=True)
+    np.testing.assert_array_equal(predicted[0], images)  # the model sees the images as they are
+    assert len(seen) >= 2
+    for im in seen[-2:]:  # the CRF sees them on the probabilities' (the labels') grid
+        np.testing.assert_array_equal(im, shift_probs(images, (0.0, 2.0))[[2, 3]])
+    assert result["image_offset"] == [0.0, 2.0]
