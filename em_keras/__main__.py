@@ -60,6 +60,9 @@ def predict_main(argv):
     p.add_argument("--overlap", type=int, help="pixels shared by neighbouring tiles, 0 <= OVERLAP < TILE/2 "
                    "(default 32, or TILE/4 if that is smaller; needs --tile)")
     p.add_argument("--tta", action="store_true", help="average over the 8 rotations/flips (8x slower)")
+    p.add_argument("--tta-z", action="store_true",
+                   help="with --tta, a 2.5D (--context) model also sees its neighbours in reverse order "
+                        "(16 passes)")
     p.add_argument("--offset", metavar="DY,DX|JSON",
                    help="shift P(cell) by DY,DX pixels (sub-pixel, bilinear) to where the labels are drawn; "
                         "or a JSON file with an 'offset', e.g. a training run's metrics.json (default: the "
@@ -86,6 +89,8 @@ def predict_main(argv):
         raise InputError("--batch-size and --multiple must be positive")
     if args.tile is None and args.overlap is not None:
         raise InputError("--overlap needs --tile")
+    if args.tta_z and not args.tta:
+        raise InputError("--tta-z needs --tta")
     offset = parse_offset(args.offset) if args.offset is not None else None
     if args.tile is not None:
         if args.tile <= 0:
@@ -108,7 +113,7 @@ def predict_main(argv):
                   f"dx {rec[1]:+g} px (--offset 0,0 turns this off)")
     probs = predict_ensemble(models, images, multiple=stride, offsets=recorded, batch_size=args.batch_size,
                              tile=args.tile, overlap=32 if args.overlap is None else args.overlap, tta=args.tta,
-                             indices=indices)
+                             tta_z=args.tta_z, indices=indices)
     if offset is not None:
         probs = shift_probs(probs, offset)
     save_npy(args.out, probs)

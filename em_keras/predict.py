@@ -355,7 +355,7 @@ def _is_int(v):
 
 
 def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap=32, tta=False,
-                  indices=None):
+                  indices=None, tta_z=False):
     """Predict P(cell) for every slice of a stack at full size.
 
     With ``tile=None`` each slice is mirror-padded at the bottom/right to a
@@ -380,6 +380,9 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     (:func:`dihedral_transforms`): each transformed stack is predicted (tiled or
     whole; rotated non-square slices simply have swapped height and width) and
     the prediction is transformed back before averaging. It costs 8 passes.
+    With ``tta_z=True`` as well, a model with context channels also gets each
+    stack with its neighbours in reverse order (the z flip of
+    ``Augmenter(z_flip=True)``): 16 passes.
 
     A model with ``2k + 1`` input channels (:func:`model_channels`, trained
     with ``--context k``) gets every slice with its ``k`` neighbours on each
@@ -409,6 +412,9 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
     indices : sequence of int, optional
         Predict only these slices of ``images`` (default: all); a model with
         context channels still sees their neighbours.
+    tta_z : bool
+        With ``tta`` and context channels: also average over both orders of the
+        neighbours (no gain measured on ISBI 2012, docs/RESULTS.md).
 
     Returns
     -------
@@ -466,14 +472,18 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
 
     if not tta:
         return run(images)
+    stacks = [images]
+    if tta_z and images.ndim == 4:  # 2.5D: the neighbours in reverse order too
+        stacks.append(np.ascontiguousarray(images[..., ::-1]))
     out = np.zeros(images.shape[:3], np.float32)
-    for forward, inverse in dihedral_transforms():
-        if images.ndim == 4:  # transform the (H, W) axes of channels-last slices
-            x = np.ascontiguousarray(np.moveaxis(forward(np.moveaxis(images, -1, 1)), 1, -1))
-        else:
-            x = forward(images)
-        out += inverse(run(x))
-    return out / np.float32(8)
+    for stack in stacks:
+        for forward, inverse in dihedral_transforms():
+            if stack.ndim == 4:  # transform the (H, W) axes of channels-last slices
+                x = np.ascontiguousarray(np.moveaxis(forward(np.moveaxis(stack, -1, 1)), 1, -1))
+            else:
+                x = forward(stack)
+            out += inverse(run(x))
+    return out / np.float32(8 * len(stacks))
 
 
 def predict_ensemble(models, images, multiple=None, offsets=None, **kwargs):
@@ -496,7 +506,7 @@ def predict_ensemble(models, images, multiple=None, offsets=None, **kwargs):
         Per model, a label offset to shift its P(cell) by (:func:`shift_probs`)
         before averaging; None (or a None entry) leaves it unshifted.
     **kwargs
-        ``batch_size``, ``tile``, ``overlap``, ``tta``, ``indices``: see :func:`predict_stack`.
+        ``batch_size``, ``tile``, ``overlap``, ``tta``, ``indices``, ``tta_z``: see :func:`predict_stack`.
 
     Returns
     -------

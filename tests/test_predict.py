@@ -449,6 +449,30 @@ def test_context_model_sees_the_neighbouring_slices(kw):
     assert np.abs(predict_stack(m, vol, multiple=1, indices=[0, 2, 3]) - alone).max() > 1e-2
 
 
+def test_tta_z_averages_both_orders_of_the_neighbours(tmp_path):
+    import tifffile
+
+    # a model that outputs the previous slice: with tta_z, the mean of the previous and the next one
+    inp = keras.Input((None, None, 3))
+    m = keras.Model(inp, keras.layers.Lambda(lambda x: x[..., :1])(inp))
+    vol = np.random.default_rng(10).random((5, 8, 12)).astype(np.float32)
+    np.testing.assert_array_equal(predict_stack(m, vol, multiple=1, indices=[2]), vol[[1]])
+    np.testing.assert_allclose(predict_stack(m, vol, multiple=1, indices=[1, 2], tta=True), vol[[0, 1]],
+                               atol=1e-6)
+    both = (vol[[0, 1]] + vol[[2, 3]]) / 2
+    np.testing.assert_allclose(predict_stack(m, vol, multiple=1, indices=[1, 2], tta=True, tta_z=True), both,
+                               atol=1e-6)
+    # the CLI flag (a Lambda layer does not reload, so a SavedModel carries it)
+    export_savedmodel(m, str(tmp_path / "sm"))
+    tifffile.imwrite(tmp_path / "v.tif", vol)
+    argv = ["--model", str(tmp_path / "sm"), "--images", str(tmp_path / "v.tif"), "--slices", "1-2",
+            "--multiple", "1", "--tta", "--tta-z", "--out", str(tmp_path / "p.npy")]
+    assert run_cli(predict_main, argv) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), both, atol=1e-6)
+    with pytest.raises(InputError, match="--tta-z needs --tta"):
+        predict_main([a for a in argv if a != "--tta"])
+
+
 def test_context_model_in_a_savedmodel_and_on_the_cli(tmp_path, capsys):
     import tifffile
 
