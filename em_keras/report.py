@@ -259,6 +259,7 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
         return _load_json(cache_path)
     from . import crf
     from .atomic import save_json, save_npy
+    from .predict import recorded_offset, shift_probs
 
     run = _load_json(os.path.join(out, "run.json"))
     val = run["val_slices"]
@@ -268,10 +269,8 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
     probs_val = np.load(os.path.join(out, "probs.npy"))
     t0 = time.time()
     probs_tune = _predict(out, images, tta=tta, indices=list(tune_slices))
-    offset = crf.resolve_offset(None, os.path.join(out, "probs.npy"))
+    offset = recorded_offset(os.path.join(out, "last.keras"))
     if offset is not None:  # the probabilities sit on the labels' grid: move the images there too
-        from .predict import shift_probs
-
         images = shift_probs(images, offset)
     ranked = crf.grid_search(probs_tune, images[tune_slices], labels[tune_slices], jobs=jobs,
                              grid=_SMOKE_GRID if smoke else None)
