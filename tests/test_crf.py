@@ -327,7 +327,7 @@ def _bad_cases(tmp_path, paths, probs):
         np.save(p, arr)
         return str(p)
 
-    def npy_json(name):
+    def json_file(name):
         p = tmp_path / name
         p.write_text(json.dumps({"pixel_accuracy": 0.9}))
         return str(p)
@@ -365,7 +365,7 @@ def _bad_cases(tmp_path, paths, probs):
         "bad schan": (["--probs", p, "--images", i, "--schan", "0"], "--schan"),
         "bad out ext": (["--probs", p, "--images", i, "--out", str(tmp_path / "out" / "x.png")], ".tif"),
         "bad offset": (["--probs", p, "--images", i, "--offset", "1"], "--offset 1"),
-        "offset json without offset": (["--probs", p, "--images", i, "--offset", npy_json("m.json")],
+        "offset json without offset": (["--probs", p, "--images", i, "--offset", json_file("m.json")],
                                        "no 'offset'"),
     }
 
