@@ -562,17 +562,14 @@ def resolve_offset(offset, probs_path=None):
     -------
     (float, float) or None
     """
-    from .predict import parse_offset
+    from .predict import parse_offset, recorded_offset
 
     if offset is not None:
         return parse_offset(offset, "--offset")
     if probs_path is None or os.path.basename(os.fspath(probs_path)) != "probs.npy":
         return None
-    record = os.path.join(os.path.dirname(os.path.abspath(probs_path)), "metrics.json")
-    try:
-        return parse_offset(record, "--offset")
-    except InputError:  # no metrics.json, or a run without --calibrate-offset
-        return None
+    # the run's probs.npy and last.keras share its metrics.json
+    return recorded_offset(os.path.join(os.path.dirname(os.path.abspath(probs_path)), "last.keras"))
 
 
 def _read_probs(path):
