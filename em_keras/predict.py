@@ -302,9 +302,14 @@ def dihedral_transforms():
 
 def _run(call, x):
     """One model call on float32 ``(B, H, W)`` or ``(B, H, W, C)``; returns float32 ``(B, H, W)``."""
-    import tensorflow as tf
+    x = x[..., None] if x.ndim == 3 else x
+    try:  # a SavedModel signature needs a tensor
+        import tensorflow as tf
 
-    y = np.asarray(call(tf.constant(x[..., None] if x.ndim == 3 else x)), np.float32)
+        x = tf.constant(x)
+    except ImportError:  # Keras on JAX/PyTorch without TensorFlow: predict_on_batch takes NumPy
+        pass
+    y = np.asarray(call(x), np.float32)
     return y[..., 0] if y.ndim == 4 else y
 
 

@@ -176,6 +176,21 @@ def test_tta_of_symmetric_model_equals_plain_prediction():
     np.testing.assert_allclose(predict_stack(m, x, multiple=1, tta=True), plain, atol=1e-6)
 
 
+def test_prediction_needs_no_tensorflow_for_a_keras_model(monkeypatch):
+    # Keras on JAX/PyTorch without TensorFlow installed: predict_on_batch takes NumPy.
+    import sys
+
+    kernel = np.random.default_rng(5).normal(0, 2, (3, 3))
+    m = _fixed_conv(kernel)
+    x = np.random.default_rng(6).random((2, 20, 28)).astype(np.float32)
+    with_tf = predict_stack(m, x, multiple=1, tta=True)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # "import tensorflow" now raises ImportError
+    with pytest.raises(ImportError):
+        import tensorflow  # noqa: F401
+    np.testing.assert_allclose(predict_stack(m, x, multiple=1, tta=True), with_tf, atol=1e-6)
+    np.testing.assert_allclose(with_tf, np.mean([_np_conv(x, k) for k in _orbit(kernel)], axis=0), atol=1e-5)
+
+
 def _orbit(kernel):
     """The 8 rotations/reflections of a kernel (computed without em_keras)."""
     return [np.rot90(k, r) for k in (kernel, kernel[:, ::-1]) for r in range(4)]
