@@ -51,6 +51,8 @@ __all__ = [
     "NaNGuard",
     "read_backup",
     "truncate_history",
+    "memorised_note",
+    "MEMORISED_GAP",
 ]
 
 
@@ -979,6 +981,30 @@ def _remove_stale_temporaries(out):
 
 #: At most this many training slices (evenly spaced) measure the label offset.
 CALIBRATION_SLICES = 20
+#: Training-slice accuracy this far above the held-out one means the model has learned
+#: those labels, offset included (docs/RESULTS.md, session 13), so the offset measured
+#: there is suspect.
+MEMORISED_GAP = 0.02
+
+
+def memorised_note(train_accuracy, held_out_accuracy, gap=MEMORISED_GAP):
+    """A warning when the offset was measured on training slices the model has memorised.
+
+    Returns ``None`` when ``train_accuracy - held_out_accuracy <= gap``.
+
+    Examples
+    --------
+    >>> memorised_note(0.931, 0.929) is None
+    True
+    >>> memorised_note(0.968, 0.927).startswith("note: the model scores 0.9680")
+    True
+    """
+    if not train_accuracy - held_out_accuracy > gap:
+        return None
+    return (f"note: the model scores {train_accuracy:.4f} on the training slices against "
+            f"{held_out_accuracy:.4f} held out, so it has learned their labels, offset included: the "
+            f"offset measured there may be wrong; measure it on labelled slices the model did not see "
+            f"('python -m em_keras calibrate') or give a known one to 'python -m em_keras predict --offset'")
 
 
 def _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log):
@@ -1206,6 +1232,9 @@ def train(cfg, log=print, callbacks=()):
         calibration = _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log)
         unshifted = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
         probs = shift_probs(probs, calibration["offset"])
+        note = memorised_note(calibration["accuracy"], unshifted["pixel_accuracy"])
+        if note:
+            log(note)
     table = metrics_mod.accuracy_table(y_val, probs, cfg.threshold)
     result = {"held_out_slices": val, "threshold": cfg.threshold, **table,
               "train_seconds": round(train_seconds, 1), "train_minutes": round(train_seconds / 60, 2),

@@ -465,6 +465,28 @@ def test_brightness_and_contrast_reach_the_augmenter():
     assert (aug.brightness, aug.contrast) == (0.0, 0.0)  # the preset's values can be switched off
 
 
+def test_memorised_note_fires_only_above_the_gap():
+    assert training.memorised_note(0.9316, 0.9292) is None  # a 6,000-step cpu-preset run
+    assert training.memorised_note(0.94, 0.925) is None  # within the gap of 0.02
+    note = training.memorised_note(0.9684, 0.9271)  # the 32-filter GPU run (docs/RESULTS.md)
+    assert note.startswith("note: the model scores 0.9684 on the training slices against 0.9271 held out")
+    assert "--offset" in note
+    assert training.memorised_note(0.95, 0.94, gap=0.005) is not None
+
+
+@pytest.mark.parametrize("train_accuracy, noted", [(1.0, True), (0.0, False)])
+def test_training_warns_when_the_offset_comes_from_memorised_slices(stack, tmp_path, monkeypatch,
+                                                                    train_accuracy, noted):
+    import em_keras.predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "calibrate_offset", lambda labels, probs, threshold=0.5, **kw: {
+        "offset": (0.0, 0.0), "accuracy": train_accuracy, "accuracy_unshifted": train_accuracy})
+    lines = []
+    result = train(tiny(stack, tmp_path / "m", val_slices="4-5", epochs=1, steps_per_epoch=1), log=lines.append)
+    assert result["without_offset"]["pixel_accuracy"] < 0.98  # so 1.0 on the training slices is memorised
+    assert any(line.startswith("note: the model scores") for line in lines) is noted
+
+
 def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_path, monkeypatch):
     import em_keras.predict as predict_mod
     from em_keras.data import read_stack
