@@ -182,9 +182,9 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
         argv.append("--overwrite")  # a run that died before its first epoch
     log(f"[{exp.name}] {'resuming' if status else 'training'}: train {exp.model} {' '.join(argv)}")
     if kernels_differ(MODELS[exp.model]["onednn"]):
-        # The FCN trains on TensorFlow's default kernels: TF reads that choice when it loads.
+        # The FCN trains on TensorFlow's Eigen kernels: TF reads that choice when it loads.
         cmd = [sys.executable, "-m", "em_keras", "train", exp.model, *argv]
-        log(f"[{exp.name}] in its own process (TensorFlow's default CPU kernels)")
+        log(f"[{exp.name}] in its own process (TensorFlow's Eigen CPU kernels)")
         code = subprocess.run(cmd).returncode
         if code != 0:
             raise TrainingError(f"[{exp.name}] training failed with exit code {code}: {shlex.join(cmd)}")

@@ -19,12 +19,12 @@ import re
 import sys
 import tempfile
 
-__all__ = ["ONEDNN_ENV", "enable_onednn", "undo_enable_onednn", "onednn_enabled", "kernels_differ",
+__all__ = ["ONEDNN_ENV", "enable_onednn", "disable_onednn", "undo_enable_onednn", "onednn_enabled", "kernels_differ",
            "quiet_tensorflow_import", "prepare_tensorflow"]
 
 #: The environment variable TensorFlow reads once, when it loads.
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
-#: Marks a ``TF_ENABLE_ONEDNN_OPTS=1`` that em_keras set (child processes inherit both).
+#: Marks a ``TF_ENABLE_ONEDNN_OPTS`` value that em_keras set (child processes inherit both).
 _AUTO_MARK = "EM_KERAS_ONEDNN_AUTO"
 
 _X86_64 = ("x86_64", "amd64")
@@ -71,6 +71,39 @@ def enable_onednn(environ=None, machine=None):
     return True
 
 
+def disable_onednn(environ=None):
+    """Ask for TensorFlow's Eigen CPU kernels (``TF_ENABLE_ONEDNN_OPTS=0``), unless already decided.
+
+    For models registered with ``onednn=False`` (the FCN): TensorFlow 2.21 turns
+    oneDNN on by itself on CPUs with AVX-512 VNNI/BF16 (the Zen 5 EPYC here),
+    where training FCN-32s at its preset size aborts inside ``MklConvOp``
+    ("Check failed: dtype() == expected_dtype"), and where the choice would
+    otherwise depend on the CPU. A value the user set is kept; nothing happens
+    once TensorFlow is loaded.
+
+    Returns
+    -------
+    bool
+        True when this call set the variable.
+
+    Examples
+    --------
+    >>> env = {}
+    >>> disable_onednn(env), env["TF_ENABLE_ONEDNN_OPTS"]
+    (True, '0')
+    >>> disable_onednn({"TF_ENABLE_ONEDNN_OPTS": "1"})
+    False
+    """
+    environ = os.environ if environ is None else environ
+    if ONEDNN_ENV in environ:
+        return False
+    if environ is os.environ and "tensorflow" in sys.modules:
+        return False
+    environ[ONEDNN_ENV] = "0"
+    environ[_AUTO_MARK] = "1"
+    return True
+
+
 def undo_enable_onednn(environ=None):
     """Remove a ``TF_ENABLE_ONEDNN_OPTS=1`` that :func:`enable_onednn` set, e.g. in a parent process.
 
@@ -110,7 +143,7 @@ def kernels_differ(onednn, environ=None):
 
     That is the case when em_keras itself turned oneDNN on here
     (:func:`enable_onednn`, e.g. ``python -m em_keras report``) and the model
-    asks for TensorFlow's default kernels (``onednn=False``, the FCN): TensorFlow
+    asks for TensorFlow's Eigen kernels (``onednn=False``, the FCN): TensorFlow
     reads the choice once, when it loads, so such a model must train in a
     process of its own, where :func:`prepare_tensorflow` takes the setting back.
     A value the user set is never second-guessed.
@@ -204,9 +237,10 @@ def prepare_tensorflow(onednn=True):
     Parameters
     ----------
     onednn : bool
-        True: :func:`enable_onednn`. False: :func:`undo_enable_onednn`, leaving
-        TensorFlow's default (the FCN: FCN-8s trained slower with oneDNN
-        here, docs/PERFORMANCE.md).
+        True: :func:`enable_onednn`. False: :func:`undo_enable_onednn`, then
+        :func:`disable_onednn`: the Eigen kernels (the FCN: FCN-8s trained
+        slower with oneDNN on the Zen 3 CPU, and FCN-32s aborts in oneDNN on
+        the Zen 5 one, docs/PERFORMANCE.md).
 
     Then :func:`quiet_tensorflow_import`.
     """
@@ -214,4 +248,5 @@ def prepare_tensorflow(onednn=True):
         enable_onednn()
     else:
         undo_enable_onednn()
+        disable_onednn()
     quiet_tensorflow_import()

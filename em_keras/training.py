@@ -165,7 +165,7 @@ def register_model(name, build, multiple, presets, inference=None, add_arguments
         called by :func:`resolve_config`, before anything is written.
     onednn : bool
         Whether :func:`main` asks for TensorFlow's oneDNN CPU kernels for this model
-        (see :func:`em_keras.runtime.prepare_tensorflow`); False keeps TensorFlow's default.
+        (see :func:`em_keras.runtime.prepare_tensorflow`); False asks for its Eigen kernels.
     """
     MODELS[name] = dict(build=build, multiple=multiple, inference=inference,
                         add_arguments=add_arguments, validate=validate, onednn=onednn)

@@ -110,17 +110,34 @@ def test_undo_enable_onednn_only_removes_our_own_setting():
     assert runtime.undo_enable_onednn(user) is False and user == {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
-def test_fcn_training_keeps_tensorflow_default_even_under_an_em_keras_parent():
-    # A parent em_keras process set the variable; training the FCN takes it back.
-    r = _run("""
-        import os
-        from em_keras.training import MODELS, main
-        assert MODELS["fcn"]["onednn"] is False and MODELS["unet"]["onednn"] is True
-        try:
-            main(["--help"], model="fcn")
-        except SystemExit:
-            pass
-        print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
-    """, {"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"})
+def test_disable_onednn_asks_for_eigen_unless_decided():
+    env = {}
+    assert runtime.disable_onednn(env) is True
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "0" and runtime.onednn_enabled(env) is False
+    assert runtime.kernels_differ(False, env) is False  # nothing to take back in a child process
+    for value in ("0", "1"):
+        user = {"TF_ENABLE_ONEDNN_OPTS": value}
+        assert runtime.disable_onednn(user) is False and user == {"TF_ENABLE_ONEDNN_OPTS": value}
+
+
+_FCN_MAIN = """
+    import os
+    from em_keras.training import MODELS, main
+    assert MODELS["fcn"]["onednn"] is False and MODELS["unet"]["onednn"] is True
+    try:
+        main(["--help"], model="fcn")
+    except SystemExit:
+        pass
+    print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+"""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"TF_ENABLE_ONEDNN_OPTS": "1", "EM_KERAS_ONEDNN_AUTO": "1"}, "0"),  # an em_keras parent turned it on
+    ({}, "0"),  # unset: TensorFlow 2.21 would pick oneDNN on AVX-512 VNNI/BF16 CPUs, where FCN-32s aborts
+    ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "1"),  # the user's own choice wins
+])
+def test_fcn_training_asks_for_eigen_kernels(env, expected):
+    r = _run(_FCN_MAIN, env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "None"
+    assert r.stdout.strip().splitlines()[-1] == expected
