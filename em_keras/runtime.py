@@ -60,13 +60,20 @@ def enable_onednn(environ=None, machine=None):
     >>> enable_onednn({"TF_ENABLE_ONEDNN_OPTS": "0"}, machine="x86_64")
     False
     """
-    environ = os.environ if environ is None else environ
     machine = platform.machine() if machine is None else machine
-    if ONEDNN_ENV in environ or str(machine).lower() not in _X86_64:
+    if str(machine).lower() not in _X86_64:
+        return False
+    return _decide_onednn("1", environ)
+
+
+def _decide_onednn(value, environ=None):
+    """Set ``TF_ENABLE_ONEDNN_OPTS=value`` (marked as em_keras's) unless set or too late."""
+    environ = os.environ if environ is None else environ
+    if ONEDNN_ENV in environ:
         return False
     if environ is os.environ and "tensorflow" in sys.modules:
         return False
-    environ[ONEDNN_ENV] = "1"
+    environ[ONEDNN_ENV] = value
     environ[_AUTO_MARK] = "1"
     return True
 
@@ -94,14 +101,7 @@ def disable_onednn(environ=None):
     >>> disable_onednn({"TF_ENABLE_ONEDNN_OPTS": "1"})
     False
     """
-    environ = os.environ if environ is None else environ
-    if ONEDNN_ENV in environ:
-        return False
-    if environ is os.environ and "tensorflow" in sys.modules:
-        return False
-    environ[ONEDNN_ENV] = "0"
-    environ[_AUTO_MARK] = "1"
-    return True
+    return _decide_onednn("0", environ)
 
 
 def undo_enable_onednn(environ=None):
