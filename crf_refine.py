@@ -2,7 +2,7 @@
 
 import sys
 
-from em_keras.crf import main
+from em_keras.postprocess.crf import main
 from em_keras.errors import run_cli
 
 if __name__ == "__main__":  # guard needed: --jobs spawns workers that re-import this file

@@ -4,7 +4,7 @@
 import sys
 
 from em_keras.errors import run_cli
-from em_keras.training import main
+from em_keras.training.loop import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(lambda argv: main(argv, model="unet")))

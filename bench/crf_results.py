@@ -34,8 +34,12 @@ def main(argv=None):
 
     import numpy as np
 
-    from em_keras import crf, data, metrics
-    from em_keras.predict import load_model, predict_stack
+    from em_keras.postprocess import crf
+
+    from em_keras.data import io as data
+
+    from em_keras.metrics import isbi as metrics
+    from em_keras.inference.predict import load_model, predict_stack
 
     with open(os.path.join(args.run, "run.json")) as fh:
         run = json.load(fh)

@@ -1,6 +1,6 @@
 """Seconds per slice of the dense CRF, gray vs rgb mode.
 
-Times :func:`em_keras.crf.dense_crf` (10 mean-field iterations by default) on
+Times :func:`em_keras.postprocess.crf.dense_crf` (10 mean-field iterations by default) on
 one 512 x 512 EM-like slice, median over ``--repeats`` runs, for both modes,
 and prints the ratio gray / rgb; then the seconds per slice of ``refine_stack``
 over ``--stack`` slices with ``crf_refine.py``'s default ``--jobs 0`` (one
@@ -32,7 +32,7 @@ TARGET_S = 0.5
 def _synthetic(size, seed=0):
     from scipy import ndimage
 
-    from em_keras.data import synthetic_em
+    from em_keras.data.io import synthetic_em
 
     images, labels = synthetic_em(n=1, size=size, seed=seed)
     rng = np.random.default_rng(seed)
@@ -55,13 +55,13 @@ def main(argv=None):
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
 
-    from em_keras.crf import _read_probs, dense_crf
+    from em_keras.postprocess.crf import _read_probs, dense_crf
     from em_keras.errors import InputError
 
     if bool(args.images) != bool(args.probs):
         raise InputError("give both --images and --probs, or neither (synthetic slice)")
     if args.images:
-        from em_keras.data import read_stack
+        from em_keras.data.io import read_stack
 
         images, probs = read_stack(args.images), _read_probs(args.probs)
         if images.shape != probs.shape:
@@ -89,7 +89,7 @@ def main(argv=None):
               f"{statistics.median(cpu):.3f} s CPU  {ok}")
     print(f"gray/rgb: {medians['gray'] / medians['rgb']:.2f}")
     if args.stack:
-        from em_keras.crf import _resolve_jobs, refine_stack
+        from em_keras.postprocess.crf import _resolve_jobs, refine_stack
 
         jobs = _resolve_jobs(0)
         probs = np.repeat(prob[None], args.stack, axis=0)

@@ -27,8 +27,8 @@ def main(argv=None):
     p.add_argument("--jobs", default="1,2")
     args = p.parse_args(argv)
 
-    from em_keras.crf import refine_stack
-    from em_keras.data import find_data, read_pair
+    from em_keras.postprocess.crf import refine_stack
+    from em_keras.data.io import find_data, read_pair
 
     images, labels = read_pair(*find_data(args.data))
     images, labels = images[:args.n], labels[:args.n]

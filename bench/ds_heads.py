@@ -2,7 +2,7 @@
 """Score every deep-supervision head of a U-Net++ checkpoint, and means of heads, on labelled slices.
 
 Each head ``k`` is predicted alone (``keras.Model(model.inputs, model.outputs[k])``), with
-the 8-fold TTA unless ``--no-tta``, and scored with :func:`em_keras.metrics.summary_scores`
+the 8-fold TTA unless ``--no-tta``, and scored with :func:`em_keras.metrics.isbi.summary_scores`
 (pixel / cell / membrane accuracy at 0.5, V_rand, V_info). Then the mean of all heads and of
 the last 2 and 3, and each head's pixel accuracy at thresholds 0.5 / 0.6 / 0.7.
 
@@ -34,10 +34,10 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    from em_keras import data
+    from em_keras.data import io as data
     from em_keras.errors import InputError
-    from em_keras.metrics import summary_scores
-    from em_keras.predict import load_keras_file, model_multiple, predict_stack
+    from em_keras.metrics.isbi import summary_scores
+    from em_keras.inference.predict import load_keras_file, model_multiple, predict_stack
 
     images, labels, _ = data.load_data(args.data, synthetic_fallback=False, log=lambda *a: None)
     idx = data.parse_slices(args.slices, len(images), flag="--slices")

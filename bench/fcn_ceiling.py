@@ -2,7 +2,7 @@
 """How well can FCN-8s's output stage represent the labels at all?
 
 FCN-8s predicts one logit per 8x8 block and upsamples it with the fixed x8 bilinear
-``upscore8`` (:func:`em_keras.fcn.bilinear_upsample`). This script fits that coarse logit
+``upscore8`` (:func:`em_keras.models.fcn.bilinear_upsample`). This script fits that coarse logit
 map *directly to the labels* (BCE, Adam; no image, no network) and prints the pixel accuracy
 of the upsampled result at P > 0.5: an upper bound on what any FCN-8s can reach with that
 output stage, to compare with what the trained network reaches.
@@ -31,9 +31,9 @@ def main(argv=None):
     import numpy as np
     import tensorflow as tf
 
-    from em_keras import data
+    from em_keras.data import io as data
     from em_keras.errors import InputError
-    from em_keras.fcn import bilinear_upsample
+    from em_keras.models.fcn import bilinear_upsample
 
     _, labels, _ = data.load_data(args.data, synthetic_fallback=False, log=lambda *a: None)
     y = labels[data.parse_slices(args.slices, len(labels), flag="--slices")].astype("float32")[..., None]

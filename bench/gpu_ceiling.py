@@ -12,13 +12,13 @@ Training runs for ``--minutes`` of wall time (or ``--max-steps``): the learning 
 a cosine over the elapsed fraction of the budget, set at the start of every
 ``--epoch-steps``-step epoch, and training stops when the budget is spent. Then the
 training and held-out slices are predicted with 8-fold test-time augmentation
-(:func:`em_keras.predict.predict_stack`) and written to ``--out``:
+(:func:`em_keras.inference.predict.predict_stack`) and written to ``--out``:
 ``probs_train.npy`` (float16), ``probs_val.npy`` (float32) and ``run.json`` (steps,
 seconds, images/s, device, loss per epoch).
 
 ``--score OUT`` (on any machine with the toolkit) then scores a finished ``--out`` as the
 training scripts do: the label offset measured on the training slices
-(:func:`em_keras.predict.calibrate_offset`), the held-out P(cell) shifted by it, and pixel /
+(:func:`em_keras.inference.predict.calibrate_offset`), the held-out P(cell) shifted by it, and pixel /
 cell / membrane accuracy, V_rand, V_info and pixel error printed.
 
 Examples
@@ -47,7 +47,7 @@ def batches(images, labels, batch_size, crop, brightness, contrast, seed):
 
     ``images`` float32 ``(N, H, W)`` in [0, 1], ``labels`` uint8 ``(N, H, W)`` (cell = 1).
     Image and mask get the same crop and transform; contrast about the crop's mean, then
-    brightness, then clipping to [0, 1], as :class:`em_keras.augment.Augmenter` does.
+    brightness, then clipping to [0, 1], as :class:`em_keras.data.augment.Augmenter` does.
     """
     rng = np.random.default_rng(seed)
     n, h, w = images.shape
@@ -81,8 +81,10 @@ def cosine_lr(base, fraction, alpha=0.01):
 def train(args):
     import keras
 
-    from em_keras import data, training
-    from em_keras.predict import predict_stack
+    from em_keras.data import io as data
+
+    from em_keras.training import loop as training
+    from em_keras.inference.predict import predict_stack
 
     images, labels, _ = data.load_data(args.data, synthetic_fallback=False, log=lambda *a: None)
     val = data.parse_slices(args.val_slices, len(images))
@@ -132,7 +134,7 @@ def train(args):
     try:
         from gpu_throughput import device_name
     except ImportError:  # pragma: no cover - imported as bench.gpu_ceiling
-        from .gpu_throughput import device_name
+        from em_keras.gpu_throughput import device_name
 
     info = {"backend": keras.backend.backend(), "device": device_name(), "policy": args.policy,
             "filters": cfg.filters, "depth": cfg.depth, "batch_size": cfg.batch_size, "crop": crop,
@@ -146,9 +148,10 @@ def train(args):
 
 
 def score(args):
-    from em_keras import data, metrics
-    from em_keras.predict import calibrate_offset, parse_offset, shift_probs
-    from em_keras.training import memorised_note
+    from em_keras.data import io as data
+    from em_keras.metrics import isbi as metrics
+    from em_keras.inference.predict import calibrate_offset, parse_offset, shift_probs
+    from em_keras.training.loop import memorised_note
 
     with open(os.path.join(args.score, "run.json")) as f:
         info = json.load(f)

@@ -1,6 +1,6 @@
 """Model-alone training throughput under each dtype policy, on any Keras backend (issue #6).
 
-Measures training images/s of em_keras models, compiled as ``em_keras.training``
+Measures training images/s of em_keras models, compiled as ``em_keras.training.loop``
 compiles them (the preset's optimizer and loss, the pixel metrics), on one
 in-memory batch of random images and binary masks, under ``float32``,
 ``mixed_float16`` and ``mixed_bfloat16``. It is the GPU counterpart of
@@ -37,7 +37,8 @@ try:
     import _common
     import throughput
 except ImportError:  # pragma: no cover - imported as bench.gpu_throughput
-    from . import _common, throughput
+    from em_keras import _common
+    from em_keras import throughput
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -91,7 +92,7 @@ def measure(name, policy, batch_size, warmup, steps, repeats, seed=0, quick=Fals
     """
     import keras
 
-    from em_keras import training
+    from em_keras.training import loop as training
 
     setup = throughput.resolve_setup(name, quick=quick)[0]
     if setup is None:

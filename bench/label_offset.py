@@ -3,7 +3,7 @@
 
 For each trained model: predict the training slices and the held-out slices with 8-fold
 test-time augmentation, measure the sub-pixel shift of P(cell) that maximises pixel
-accuracy on the training slices (:func:`em_keras.predict.calibrate_offset`), and print
+accuracy on the training slices (:func:`em_keras.inference.predict.calibrate_offset`), and print
 held-out pixel accuracy, V_rand and V_info without and with that shift, plus the shift
 that each held-out slice would have preferred on its own (a consistency check only; the
 applied shift comes from the training slices).
@@ -33,8 +33,10 @@ def main(argv=None):
 
     import numpy as np
 
-    from em_keras import data, metrics
-    from em_keras.predict import calibrate_offset, load_model, predict_stack, shift_probs
+    from em_keras.data import io as data
+
+    from em_keras.metrics import isbi as metrics
+    from em_keras.inference.predict import calibrate_offset, load_model, predict_stack, shift_probs
 
     images, labels, _ = data.load_data(args.data, synthetic_fallback=False, log=lambda *a: None)
     tr = data.parse_slices(args.train_slices, len(images), flag="--train-slices")

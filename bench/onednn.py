@@ -28,7 +28,8 @@ try:  # run as a script, bench/ is on sys.path
     import _common
     import throughput
 except ImportError:  # pragma: no cover - imported as bench.onednn
-    from . import _common, throughput
+    from em_keras import _common
+    from em_keras import throughput
 
 SETTINGS = (("eigen", "0"), ("onednn", "1"))
 
@@ -37,7 +38,7 @@ def child(args):
     """Time one model in this process (``TF_ENABLE_ONEDNN_OPTS`` already set); print JSON."""
     import keras
 
-    from em_keras.training import versions
+    from em_keras.training.loop import versions
 
     setup, why = throughput.resolve_setup(args.child, quick=args.quick)
     if setup is None:

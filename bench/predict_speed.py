@@ -1,4 +1,4 @@
-"""Slices per second of :func:`em_keras.predict.predict_stack`: whole slice vs overlap-tile vs TTA.
+"""Slices per second of :func:`em_keras.inference.predict.predict_stack`: whole slice vs overlap-tile vs TTA.
 
 Predicts a synthetic EM stack (``synthetic_em(n=4, size=512)`` by default) with an
 untrained ``build_unet(filters=16)`` (speed does not depend on the weights), in
@@ -45,9 +45,9 @@ def main(argv=None):
 
     import keras
 
-    from em_keras.data import synthetic_em
-    from em_keras.predict import predict_stack
-    from em_keras.unet import build_unet
+    from em_keras.data.io import synthetic_em
+    from em_keras.inference.predict import predict_stack
+    from em_keras.models.unet import build_unet
 
     keras.utils.set_random_seed(0)
     model = build_unet(filters=args.filters, depth=args.depth)

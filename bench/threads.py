@@ -19,7 +19,7 @@ import sys
 try:  # run as a script, bench/ is on sys.path
     import onednn
 except ImportError:  # pragma: no cover - imported as bench.threads
-    from . import onednn
+    from em_keras import onednn
 
 #: name -> extra environment of the child.
 SETTINGS = {

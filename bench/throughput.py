@@ -2,7 +2,7 @@
 
 For every model of ``--models`` (default: U-Net at the ``cpu`` and ``paper``
 preset sizes) training throughput in images/s is measured three ways, all with
-``model.fit`` on one model compiled as ``em_keras.training.train`` compiles it
+``model.fit`` on one model compiled as ``em_keras.training.loop.train`` compiles it
 (the preset's optimizer and loss, the five pixel metrics; deep-supervised
 models get the loss on every head), so they share the same compiled train step:
 
@@ -10,7 +10,7 @@ models get the loss on every head), so they share the same compiled train step:
     (``tf.data.Dataset.from_tensors(...).repeat()``), so input costs nothing;
 (b) the toolkit's pipeline: the training slices (real ISBI data via ``--data`` /
     ``$EM_KERAS_DATA`` / the default folders, else synthetic 512 x 512 slices)
-    through ``em_keras.data.make_train_dataset`` with the ``Augmenter`` that
+    through ``em_keras.data.io.make_train_dataset`` with the ``Augmenter`` that
     ``train`` builds for the preset (the report's augmentation, plus the
     preset's rot90 / vertical flip), cropped or resized, batched, prefetched;
 (c) a naive baseline: two legacy ``ImageDataGenerator`` (report settings), one for
@@ -22,7 +22,7 @@ Each figure is the median over ``--repeats`` windows of ``--steps`` training
 steps, taken from per-step timestamps of one ``fit`` call after ``--warmup``
 steps (which include tracing). The script also times the two input pipelines
 alone (no model) at full slice size with the report's settings, and inference
-(``em_keras.predict.predict_stack``) of the cpu-size U-Net on 512 x 512 slices,
+(``em_keras.inference.predict.predict_stack``) of the cpu-size U-Net on 512 x 512 slices,
 whole-image and, when supported, overlap-tiled.
 
 FLOP convention
@@ -65,7 +65,7 @@ import numpy as np
 try:  # run as a script, bench/ is on sys.path
     import _common
 except ImportError:  # pragma: no cover - imported as bench.throughput
-    from . import _common
+    from em_keras import _common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(REPO, "docs", "PERFORMANCE.md")
@@ -77,16 +77,16 @@ LEGACY_AUGMENT = dict(rotation_range=10, width_shift_range=0.05, height_shift_ra
 #: Target of issue #6: the tf.data pipeline at least this many times the legacy pair.
 PIPELINE_TARGET = 3.0
 
-#: Benchmark name -> (model family registered in em_keras.training, preset, module
+#: Benchmark name -> (model family registered in em_keras.training.loop, preset, module
 #: that must import, extra TrainConfig values).
 MODEL_SPECS = {
-    "unet-cpu": ("unet", "cpu", "em_keras.unet", {}),
-    "unet-paper": ("unet", "paper", "em_keras.unet", {}),
-    "unetpp-cpu": ("unetpp", "cpu", "em_keras.unetpp", {}),
-    "unetpp-paper": ("unetpp", "paper", "em_keras.unetpp", {}),
-    "fcn8s-cpu": ("fcn", "cpu", "em_keras.fcn", {"variant": "8s"}),
+    "unet-cpu": ("unet", "cpu", "em_keras.models.unet", {}),
+    "unet-paper": ("unet", "paper", "em_keras.models.unet", {}),
+    "unetpp-cpu": ("unetpp", "cpu", "em_keras.models.unetpp", {}),
+    "unetpp-paper": ("unetpp", "paper", "em_keras.models.unetpp", {}),
+    "fcn8s-cpu": ("fcn", "cpu", "em_keras.models.fcn", {"variant": "8s"}),
     # random VGG16 weights: the same arithmetic, and nothing to load
-    "fcn8s-paper": ("fcn", "paper", "em_keras.fcn", {"variant": "8s", "backbone_weights": "none"}),
+    "fcn8s-paper": ("fcn", "paper", "em_keras.models.fcn", {"variant": "8s", "backbone_weights": "none"}),
 }
 
 #: Sizes used by ``--quick`` (a smoke test, not a measurement).
@@ -103,7 +103,7 @@ class Setup:
     """One model to benchmark: its resolved training config and how to build it."""
 
     name: str
-    cfg: object                 # em_keras.training.TrainConfig (resolved)
+    cfg: object                 # em_keras.training.loop.TrainConfig (resolved)
     build: object               # callable() -> keras.Model with (None, None, 1) input
     description: str
 
@@ -132,7 +132,7 @@ def load_slices(data=None, quick=False, log=print):
     source : str
         Where the slices come from, for the report.
     """
-    from em_keras import data as data_mod
+    from em_keras.data import io as data_mod
 
     found = data_mod.find_data(data)
     if found is not None:
@@ -160,8 +160,8 @@ def resolve_setup(name, quick=False):
     """Resolve a ``--models`` entry into a :class:`Setup`.
 
     The model, input size, batch size, optimizer, loss and augmentation are those
-    of the preset in ``em_keras.training.PRESETS``; the model is built by
-    ``em_keras.training.build_model``, as ``train`` builds it.
+    of the preset in ``em_keras.training.loop.PRESETS``; the model is built by
+    ``em_keras.training.loop.build_model``, as ``train`` builds it.
 
     Parameters
     ----------
@@ -177,7 +177,7 @@ def resolve_setup(name, quick=False):
         The setup, or None and why the model is skipped (its module or its
         registration is missing).
     """
-    from em_keras import training
+    from em_keras.training import loop as training
 
     family, preset, module, extra = MODEL_SPECS[name]
     try:
@@ -185,7 +185,7 @@ def resolve_setup(name, quick=False):
     except ImportError as exc:
         return None, f"{name}: skipped ({module} cannot be imported: {exc})"
     if family not in training.MODELS or preset not in training.PRESETS.get(family, {}):
-        return None, f"{name}: skipped (no {family!r} model with a {preset!r} preset in em_keras.training)"
+        return None, f"{name}: skipped (no {family!r} model with a {preset!r} preset in em_keras.training.loop)"
     fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
     overrides = {k: v for k, v in extra.items() if k in fields}
     preset_values = training.PRESETS[family][preset]
@@ -210,10 +210,10 @@ def resolve_setup(name, quick=False):
 
 
 def make_augmenter(cfg):
-    """The ``Augmenter`` that ``em_keras.training.train`` builds for ``cfg`` (None if off)."""
+    """The ``Augmenter`` that ``em_keras.training.loop.train`` builds for ``cfg`` (None if off)."""
     if not cfg.augment:
         return None
-    from em_keras.augment import Augmenter
+    from em_keras.data.augment import Augmenter
 
     return Augmenter(vertical_flip=cfg.vertical_flip, rot90=cfg.rot90,
                      elastic_alpha=cfg.elastic or 0.0)
@@ -274,15 +274,15 @@ def forward_flops(model, height, width):
 
 
 def compile_like_train(model, cfg, jit_compile, metrics=True, total_steps=1000):
-    """Compile ``model`` as ``em_keras.training.train`` does (:func:`em_keras.training.compile_model`)."""
-    from em_keras.training import compile_model
+    """Compile ``model`` as ``em_keras.training.loop.train`` does (:func:`em_keras.training.loop.compile_model`)."""
+    from em_keras.training.loop import compile_model
 
     return compile_model(model, cfg, total_steps, metrics=metrics, jit_compile=jit_compile)
 
 
 def replicate_targets(data, n_out):
     """Give every output of a multi-output model the same mask (dataset or generator)."""
-    from em_keras.training import replicate_targets as replicate
+    from em_keras.training.loop import replicate_targets as replicate
 
     return replicate(data, n_out)
 
@@ -293,7 +293,7 @@ def replicate_targets(data, n_out):
 
 def toolkit_dataset(images, labels, cfg, seed=0, augmenter="preset"):
     """(b)'s input: ``make_train_dataset`` with the preset's crop/resize and augmentation."""
-    from em_keras.data import make_train_dataset
+    from em_keras.data.io import make_train_dataset
 
     if augmenter == "preset":
         augmenter = make_augmenter(cfg)
@@ -386,8 +386,8 @@ def measure_pipelines(images, labels, batch_size, warmup, batches, repeats, seed
     dict
         ``tfdata`` and ``legacy``: lists of images/s per window.
     """
-    from em_keras.augment import DEFAULTS, Augmenter
-    from em_keras.data import make_train_dataset
+    from em_keras.data.augment import DEFAULTS, Augmenter
+    from em_keras.data.io import make_train_dataset
 
     side = images.shape[1]
     ds = make_train_dataset(images, labels, batch_size=batch_size, size=side,
@@ -491,8 +491,8 @@ def measure_inference(cfg, images, repeats, tile=None, overlap=32, jit_compile=F
         mode label -> list of slices/s; the tiled mode is present only when
         ``predict_stack`` accepts ``tile`` and ``tile`` is given.
     """
-    from em_keras import training
-    from em_keras.predict import predict_stack
+    from em_keras.training import loop as training
+    from em_keras.inference.predict import predict_stack
 
     model = training.build_model(cfg)
     model.compile(jit_compile=bool(jit_compile))
@@ -652,7 +652,7 @@ def markdown(report):
         "",
         "### How the numbers are measured",
         "",
-        "- (a), (b) and (c) use one model per row, compiled once as `em_keras.training.train` "
+        "- (a), (b) and (c) use one model per row, compiled once as `em_keras.training.loop.train` "
         "compiles it, and `model.fit(..., steps_per_epoch=warmup + steps x repeats)`; a callback "
         "timestamps every step and each window of `steps` steps gives one images/s figure.",
         "- (a) feeds one in-memory random batch, repeated; (b) the training slices through "
@@ -744,7 +744,7 @@ def _use_repo():
 
 def run_pipelines(args, images, labels):
     """Time and print the input pipelines alone; returns the docs' record."""
-    from em_keras import training
+    from em_keras.training import loop as training
 
     batch = training.PRESETS["unet"]["paper"]["batch_size"]
     rates = measure_pipelines(images, labels, batch, args.warmup, args.pipeline_batches,
@@ -802,7 +802,7 @@ def run_inference(args, images, peak_gflops, jit_modes):
     """Time and print ``predict_stack`` with the cpu-size U-Net; returns the docs' record."""
     import keras
 
-    from em_keras import training
+    from em_keras.training import loop as training
 
     overrides = dict(filters=QUICK["filters"]) if args.quick else {}
     cfg = training.resolve_config(training.TrainConfig(model="unet", preset="cpu", **overrides))
@@ -844,7 +844,7 @@ def print_summary(rows):
 
 def _onednn_on():
     """Whether the loaded TensorFlow runs its oneDNN CPU kernels (None if unknown)."""
-    from em_keras.training import versions
+    from em_keras.training.loop import versions
 
     return versions().get("tensorflow_onednn")
 

@@ -27,7 +27,7 @@ import sys
 try:  # run as a script, bench/ is on sys.path
     import _common
 except ImportError:  # pragma: no cover - imported as bench.unet_variants
-    from . import _common
+    from em_keras import _common
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,7 +70,7 @@ def measure(settings):
 
     sys.path.insert(0, os.path.dirname(HERE))
     import throughput as T
-    from em_keras.training import TrainConfig, build_model, compile_model, resolve_config
+    from em_keras.training.loop import TrainConfig, build_model, compile_model, resolve_config
 
     cfg = resolve_config(TrainConfig(model="unet", preset="cpu", filters=settings["filters"],
                                      upsampling=settings["upsampling"], batch_size=settings["batch"],

@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "atomic", "augment", "blocks", "crf", "data", "errors", "fcn", "losses", "metrics",
-    "predict", "report", "runtime", "training", "unet", "unetpp",
+    "atomic", "cli", "data", "errors", "inference", "losses", "metrics", "models", "postprocess",
+    "runtime", "training",
 )
 
 __all__ = list(_SUBMODULES) + ["__version__"]

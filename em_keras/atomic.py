@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import InputError
+from em_keras.errors import InputError
 
 __all__ = ["atomic_path", "save_npy", "save_json", "save_tiff", "save_png", "atomic_dir", "check_writable"]
 

@@ -57,7 +57,7 @@ def run_cli(main, argv=None):
     """
     import os
 
-    from .runtime import prepare_tensorflow
+    from em_keras.runtime import prepare_tensorflow
 
     # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr,
     # and use its oneDNN CPU kernels on x86-64 unless TF_ENABLE_ONEDNN_OPTS says otherwise.

@@ -151,7 +151,7 @@ def kernels_differ(onednn, environ=None):
     Parameters
     ----------
     onednn : bool
-        The model's registered choice (``em_keras.training.register_model``).
+        The model's registered choice (``em_keras.training.loop.register_model``).
     environ : mapping, optional
         Defaults to ``os.environ``.
 

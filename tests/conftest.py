@@ -17,7 +17,7 @@ def tiny_stack(tmp_path):
     """Write a tiny synthetic ISBI-layout data set; return its directory."""
     import tifffile
 
-    from em_keras.data import synthetic_em
+    from em_keras.data.io import synthetic_em
 
     images, labels = synthetic_em(n=6, size=32, seed=3)
     tifffile.imwrite(tmp_path / "train-volume.tif", (images * 255).astype(np.uint8))

@@ -1,11 +1,11 @@
-"""Tests of em_keras.augment: alignment, ImageDataGenerator conventions, batching."""
+"""Tests of em_keras.data.augment: alignment, ImageDataGenerator conventions, batching."""
 
 import numpy as np
 import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from em_keras.augment import (  # noqa: E402
+from em_keras.data.augment import (  # noqa: E402
     DEFAULTS, Augmenter, affine_matrix, apply_fixed_transform, augment_dataset, elastic_deform,
 )
 from em_keras.errors import InputError  # noqa: E402

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from em_keras.blocks import conv_block, conv_bn_relu, output_head, up_block
+from em_keras.models.blocks import conv_block, conv_bn_relu, output_head, up_block
 
 
 def _model(fn):

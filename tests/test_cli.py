@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from em_keras import crf, data, training
+from em_keras.postprocess import crf
+
+from em_keras.data import io as data
+
+from em_keras.training import loop as training
 from em_keras.__main__ import load_probs
 from em_keras.__main__ import main as em_main
 from em_keras.errors import InputError, run_cli

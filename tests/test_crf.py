@@ -1,4 +1,4 @@
-"""Tests of the dense CRF refinement (em_keras.crf, crf_refine.py)."""
+"""Tests of the dense CRF refinement (em_keras.postprocess.crf, crf_refine.py)."""
 
 import builtins
 import json
@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from em_keras import crf
+from em_keras.postprocess import crf
 from em_keras.errors import InputError, run_cli
 
 pytest.importorskip("pydensecrf.densecrf")
@@ -84,7 +84,7 @@ def _em_scene(seed, size=48):
     """A textured synthetic EM slice on the 8-bit grid and a noisy P(cell)."""
     from scipy import ndimage
 
-    from em_keras.data import synthetic_em
+    from em_keras.data.io import synthetic_em
 
     x, y = synthetic_em(n=1, size=size, seed=seed)
     image = (np.round(x[0] * 255) / 255).astype(np.float32)
@@ -160,7 +160,7 @@ def test_bad_params_rejected():
 
 
 def test_grid_search_ranked_best_first():
-    pytest.importorskip("em_keras.metrics")
+    pytest.importorskip("em_keras.metrics.isbi")
     probs, images, truths = _stack(n=2)
     grid = {"compat_bilateral": [0, 10], "schan": [0.05, 0.2]}
     ranked = crf.grid_search(probs, images, truths, grid=grid, iters=5)
@@ -175,7 +175,7 @@ def test_grid_search_ranked_best_first():
 
 
 def test_grid_search_rank_by_v_rand():
-    pytest.importorskip("em_keras.metrics")
+    pytest.importorskip("em_keras.metrics.isbi")
     probs, images, truths = _stack(n=1)
     ranked = crf.grid_search(probs, images, truths, grid={"compat_bilateral": [0, 10]}, iters=3,
                              rank_by="v_rand")
@@ -194,7 +194,7 @@ def test_params_to_flags_roundtrip():
 def test_import_works_without_pydensecrf():
     import subprocess
 
-    code = "import sys; sys.modules['pydensecrf'] = None; import em_keras.crf; print('ok')"
+    code = "import sys; sys.modules['pydensecrf'] = None; import em_keras.postprocess.crf; print('ok')"
     root = os.path.dirname(os.path.dirname(os.path.abspath(crf.__file__)))
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
@@ -250,7 +250,7 @@ def test_cli_slices_and_softmax_layout(files, tmp_path):
 
 
 def test_cli_labels_prints_before_and_after(files, capsys):
-    pytest.importorskip("em_keras.metrics")
+    pytest.importorskip("em_keras.metrics.isbi")
     paths, *_ = files
     assert crf.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
                      "--iters", "5", "--no-progress"]) == 0
@@ -260,7 +260,7 @@ def test_cli_labels_prints_before_and_after(files, capsys):
 
 
 def test_cli_grid_search_prints_ranking_and_saves_best(files, tmp_path, capsys):
-    pytest.importorskip("em_keras.metrics")
+    pytest.importorskip("em_keras.metrics.isbi")
     paths, *_ = files
     best = tmp_path / "best.json"
     assert crf.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
@@ -285,7 +285,7 @@ def _refine_cli(paths, out, *extra):
 
 
 def test_cli_offset_moves_the_images_with_the_probabilities(files, tmp_path, capsys):
-    from em_keras.predict import shift_probs
+    from em_keras.inference.predict import shift_probs
 
     paths, probs, images, _ = files
     shifted_images = shift_probs(images, (0, 3))  # an integer offset: an exact translation

@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from em_keras import data
+from em_keras.data import io as data
 from em_keras.errors import InputError
 
 
@@ -151,7 +151,7 @@ def test_real_isbi_files_have_the_documented_layout(real_data):
 
 
 def test_border_weight_map_matches_the_unet_formula_by_hand():
-    from em_keras.data import border_weight_map
+    from em_keras.data.io import border_weight_map
 
     lab = np.ones((3, 7), np.uint8)
     lab[:, 3] = 0  # two cells, a 1-pixel membrane
@@ -171,8 +171,8 @@ def test_border_weight_map_matches_the_unet_formula_by_hand():
 
 
 def test_train_dataset_carries_weights_through_crop_and_augmentation():
-    from em_keras.augment import Augmenter
-    from em_keras.data import border_weight_map, make_train_dataset, synthetic_em
+    from em_keras.data.augment import Augmenter
+    from em_keras.data.io import border_weight_map, make_train_dataset, synthetic_em
 
     images, labels = synthetic_em(n=3, size=64, seed=1)
     weights = np.stack([border_weight_map(lab) for lab in labels])

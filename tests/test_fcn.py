@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from em_keras.errors import InputError
-from em_keras.fcn import (
+from em_keras.models.fcn import (
     VGG16_NOTOP_FILE,
     bilinear_kernel,
     bilinear_upsample,
@@ -210,7 +210,7 @@ def stack64(tmp_path):
     """4 synthetic 64x64 slices in the ISBI layout (the last one is held out)."""
     import tifffile
 
-    from em_keras.data import synthetic_em
+    from em_keras.data.io import synthetic_em
 
     images, labels = synthetic_em(n=4, size=64, seed=5)
     d = tmp_path / "data"
@@ -221,7 +221,7 @@ def stack64(tmp_path):
 
 
 def test_cli_flags_and_presets(monkeypatch, tmp_path):
-    from em_keras.training import PRESETS, TrainConfig, build_parser, config_from_args, resolve_config
+    from em_keras.training.loop import PRESETS, TrainConfig, build_parser, config_from_args, resolve_config
 
     assert {"paper", "paper-focal", "cpu"} <= set(PRESETS["fcn"])
     args = build_parser("fcn").parse_args(["--variant", "8s", "--fc-width", "16", "--backbone-weights",
@@ -247,7 +247,7 @@ def test_cli_flags_and_presets(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_train_fcn8s_one_step(stack64, tmp_path):
-    from em_keras.training import TrainConfig, train
+    from em_keras.training.loop import TrainConfig, train
 
     out = tmp_path / "run"
     cfg = TrainConfig(model="fcn", preset="cpu", variant="8s", fc_width=16, backbone_weights="none",
@@ -283,7 +283,7 @@ def test_he_init_scales_kernels_by_fan_in():
 
 
 def test_cpu_preset_is_one_chain_stage_with_he_init(tmp_path):
-    from em_keras.training import TrainConfig, resolve_config
+    from em_keras.training.loop import TrainConfig, resolve_config
 
     cfg = resolve_config(TrainConfig(model="fcn", preset="cpu", backbone_weights="none", out=str(tmp_path / "o")))
     assert (cfg.backbone_init, cfg.epochs, cfg.steps_per_epoch, cfg.batch_size, cfg.crop) == ("he", 8, 15, 2, 256)

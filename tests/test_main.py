@@ -7,7 +7,7 @@ import tifffile
 
 from em_keras.__main__ import main
 from em_keras.errors import run_cli
-from em_keras.unet import build_unet
+from em_keras.models.unet import build_unet
 
 
 def test_synth_writes_isbi_layout(tmp_path):

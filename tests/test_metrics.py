@@ -1,4 +1,4 @@
-"""Tests for em_keras.metrics: pixel accuracies (numpy and Keras) and ISBI scores."""
+"""Tests for em_keras.metrics.isbi: pixel accuracies (numpy and Keras) and ISBI scores."""
 
 import math
 import time
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from em_keras import metrics as M
+from em_keras.metrics import isbi as M
 from em_keras.errors import InputError
 
 # ---------------------------------------------------------------- numpy accuracies

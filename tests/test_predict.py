@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from em_keras.errors import InputError
-from em_keras.predict import (calibrate_offset, load_model, model_channels, model_multiple, pad_to_multiple,
+from em_keras.inference.predict import (calibrate_offset, load_model, model_channels, model_multiple, pad_to_multiple,
                                parse_offset, predict_stack, shift_probs)
-from em_keras.training import export_savedmodel
-from em_keras.unet import build_unet
+from em_keras.training.loop import export_savedmodel
+from em_keras.models.unet import build_unet
 
 
 def test_pad_to_multiple_reflects_and_reports_size():
@@ -30,7 +30,7 @@ def test_predict_stack_any_size_matches_direct_call():
 
 def test_keras_file_and_savedmodel_reproduce_in_memory_model(tmp_path):
     from em_keras.losses import BCEDiceLoss
-    from em_keras.metrics import default_metrics
+    from em_keras.metrics.isbi import default_metrics
 
     m = build_unet(filters=4, depth=2, batch_norm=True)
     m.compile("adam", loss=BCEDiceLoss(), metrics=default_metrics())
@@ -61,7 +61,7 @@ from scipy import ndimage  # noqa: E402
 
 from em_keras.__main__ import predict_main  # noqa: E402
 from em_keras.errors import run_cli  # noqa: E402
-from em_keras.predict import blend_window, tile_starts  # noqa: E402
+from em_keras.inference.predict import blend_window, tile_starts  # noqa: E402
 
 
 def _small_fcn(seed=0):
@@ -154,7 +154,7 @@ def test_tiled_without_enough_overlap_shows_seams(overlap):
 
 
 def test_tiled_unet_is_close_to_whole_image():
-    from em_keras.data import synthetic_em
+    from em_keras.data.io import synthetic_em
 
     # A "same"-padded U-Net's receptive field exceeds the blend margin, so tiling is not exact;
     # it is close, and much closer than tiles without overlap.
@@ -256,7 +256,7 @@ def test_cli_predict_tile_and_tta(cli_files, capsys):
     assert run_cli(predict_main, base + ["--out", str(d / "whole.npy")]) == 0
     assert run_cli(predict_main, base + ["--out", str(d / "t.npy"), "--tile", "32", "--overlap", "8",
                                          "--tta", "--batch-size", "4"]) == 0
-    from em_keras.data import read_stack
+    from em_keras.data.io import read_stack
 
     m, x = load_model(str(d / "m.keras")), read_stack(str(d / "x.tif"))
     np.testing.assert_array_equal(np.load(d / "whole.npy"), predict_stack(m, x))
@@ -282,7 +282,7 @@ def test_cli_predict_bad_tile_flags(cli_files, capsys, flags, message):
 
 
 def test_predict_ensemble_is_the_mean_of_its_models_on_a_common_stride():
-    from em_keras.predict import predict_ensemble
+    from em_keras.inference.predict import predict_ensemble
 
     keras.utils.set_random_seed(1)
     a, b = build_unet(filters=4, depth=2), build_unet(filters=4, depth=3)  # strides 4 and 8
@@ -308,7 +308,7 @@ def test_cli_predict_averages_repeated_models(cli_files, capsys):
             "--out", str(out)]
     assert run_cli(predict_main, argv) == 0
     assert "mean of 2 models" in capsys.readouterr().out
-    from em_keras.data import read_stack
+    from em_keras.data.io import read_stack
 
     x = read_stack(str(d / "x.tif"))
     parts = [predict_stack(load_model(str(d / n)), x, multiple=8) for n in ("m.keras", "m8.keras")]
@@ -393,7 +393,7 @@ def test_cli_predict_offset_shifts_the_output(cli_files, capsys):
     (d / "run_metrics.json").write_text('{"offset": [0.5, -0.25]}')
     assert run_cli(predict_main, base + ["--out", str(d / "s.npy"), "--offset=0.5,-0.25"]) == 0
     assert run_cli(predict_main, base + ["--out", str(d / "j.npy"), "--offset", str(d / "run_metrics.json")]) == 0
-    from em_keras.data import read_stack
+    from em_keras.data.io import read_stack
 
     plain = predict_stack(load_model(str(d / "m.keras")), read_stack(str(d / "x.tif")))
     np.testing.assert_array_equal(np.load(d / "s.npy"), shift_probs(plain, (0.5, -0.25)))
@@ -527,7 +527,7 @@ def test_savedmodel_and_last_keras_carry_the_offset_to_predict(tmp_path, capsys)
 
     import tifffile
 
-    from em_keras.predict import RECORD_DIR, RECORD_FILE, recorded_offset
+    from em_keras.inference.predict import RECORD_DIR, RECORD_FILE, recorded_offset
 
     m = _fixed_conv(np.random.default_rng(11).normal(0, 1.5, (3, 3)))
     x = np.random.default_rng(12).random((2, 16, 20)).astype(np.float32)

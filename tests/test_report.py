@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from em_keras import metrics, report
+from em_keras.metrics import isbi as metrics
+
+import report  # experiments/report.py, on sys.path via conftest
 from em_keras.__main__ import main
 from em_keras.errors import InputError, run_cli
 
@@ -99,8 +101,8 @@ def test_smoke_report_trains_scores_and_resumes(tmp_path, tiny_stack, capsys):
 
 def test_fcn_experiment_trains_in_its_own_process_on_eigen_kernels(tmp_path, monkeypatch, capsys):
     """``report`` runs with the oneDNN kernels that em_keras turns on; the FCN opts out of them."""
-    from em_keras.data import synthetic_em
-    from em_keras.training import versions
+    from em_keras.data.io import synthetic_em
+    from em_keras.training.loop import versions
 
     if versions()["tensorflow_onednn"] is not True:
         pytest.skip("this process's TensorFlow runs without oneDNN (not x86-64?)")
@@ -143,8 +145,8 @@ def test_settings_column_names_flags_and_values():
 def test_rescoring_applies_the_runs_label_offset(tmp_path):
     import keras
 
-    from em_keras.predict import predict_stack, shift_probs
-    from em_keras.unet import build_unet
+    from em_keras.inference.predict import predict_stack, shift_probs
+    from em_keras.models.unet import build_unet
 
     build_unet(filters=4, depth=2).save(tmp_path / "last.keras")
     x = np.random.default_rng(0).random((2, 16, 20)).astype(np.float32)
@@ -157,8 +159,8 @@ def test_rescoring_applies_the_runs_label_offset(tmp_path):
 
 def test_crf_scores_refines_against_images_moved_by_the_offset(tmp_path, monkeypatch):
     pytest.importorskip("pydensecrf.densecrf")
-    from em_keras import crf
-    from em_keras.predict import shift_probs
+    from em_keras.postprocess import crf
+    from em_keras.inference.predict import shift_probs
 
     rng = np.random.default_rng(1)
     images = rng.random((4, 16, 16)).astype(np.float32)

@@ -83,7 +83,7 @@ def test_cli_respects_tf_enable_onednn_opts_0():
 
 
 def test_run_json_versions_record_the_kernels_in_use():
-    from em_keras.training import versions
+    from em_keras.training.loop import versions
 
     wanted = runtime.onednn_enabled()
     if wanted is None:
@@ -122,7 +122,7 @@ def test_disable_onednn_asks_for_eigen_unless_decided():
 
 _FCN_MAIN = """
     import os
-    from em_keras.training import MODELS, main
+    from em_keras.training.loop import MODELS, main
     assert MODELS["fcn"]["onednn"] is False and MODELS["unet"]["onednn"] is True
     try:
         main(["--help"], model="fcn")

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from em_keras import training
+from em_keras.training import loop as training
 from em_keras.atomic import atomic_dir, atomic_path
-from em_keras.data import synthetic_em
+from em_keras.data.io import synthetic_em
 from em_keras.errors import InputError, TrainingError, run_cli
-from em_keras.training import TrainConfig, read_backup, train, truncate_history
+from em_keras.training.loop import TrainConfig, read_backup, train, truncate_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 15  # steps per epoch of the shared run and of the reproducibility run
@@ -60,7 +60,8 @@ def history_epochs(out):
 
 
 def load(path):
-    from em_keras import losses, metrics  # noqa: F401  (importing them registers em_keras's objects)
+    from em_keras import losses
+    from em_keras.metrics import isbi as metrics  # noqa: F401  (importing them registers em_keras's objects)
 
     return keras.saving.load_model(str(path))  # so no custom_objects are needed
 
@@ -141,8 +142,8 @@ def test_run_writes_every_output(run):
 def test_saved_model_serves_float32_nhw1_like_last_keras(run):
     import tensorflow as tf
 
-    from em_keras.data import read_stack
-    from em_keras.predict import predict_stack
+    from em_keras.data.io import read_stack
+    from em_keras.inference.predict import predict_stack
 
     out, _, _ = run
     x = read_stack(json.loads((out / "run.json").read_text())["data"])[5:6, :, :, None]  # held-out slice
@@ -368,7 +369,7 @@ def test_multiworker_two_cpu_workers_end_with_identical_weights(stack, tmp_path)
     # Only the chief writes; its checkpoint holds the shared final weights.
     assert not (tmp_path / "w1").exists()
     chief = tmp_path / "w0"
-    from em_keras.predict import load_keras_file
+    from em_keras.inference.predict import load_keras_file
 
     assert training.weights_digest(load_keras_file(str(chief / "last.keras"))) == found[0].group(1)
     run_info = json.loads((chief / "run.json").read_text())
@@ -477,7 +478,7 @@ def test_memorised_note_fires_only_above_the_gap():
 @pytest.mark.parametrize("train_accuracy, noted", [(1.0, True), (0.0, False)])
 def test_training_warns_when_the_offset_comes_from_memorised_slices(stack, tmp_path, monkeypatch,
                                                                     train_accuracy, noted):
-    import em_keras.predict as predict_mod
+    import em_keras.inference.predict as predict_mod
 
     monkeypatch.setattr(predict_mod, "calibrate_offset", lambda labels, probs, threshold=0.5, **kw: {
         "offset": (0.0, 0.0), "accuracy": train_accuracy, "accuracy_unshifted": train_accuracy})
@@ -488,9 +489,9 @@ def test_training_warns_when_the_offset_comes_from_memorised_slices(stack, tmp_p
 
 
 def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_path, monkeypatch):
-    import em_keras.predict as predict_mod
-    from em_keras.data import read_stack
-    from em_keras.predict import predict_stack, shift_probs
+    import em_keras.inference.predict as predict_mod
+    from em_keras.data.io import read_stack
+    from em_keras.inference.predict import predict_stack, shift_probs
 
     seen = {}
 
@@ -516,7 +517,7 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
     off = train(tiny(stack, tmp_path / "nocal", val_slices="4-5", epochs=1, steps_per_epoch=1,
                      calibrate_offset=False), log=lambda *a: None)
     assert not {"offset", "offset_calibration", "without_offset"} & set(off)
-    from em_keras.predict import recorded_offset
+    from em_keras.inference.predict import recorded_offset
 
     assert recorded_offset(str(out / "saved_model")) == (0.5, -0.25)  # travels with the export
     assert recorded_offset(str(out / "last.keras")) == (0.5, -0.25)
@@ -528,8 +529,8 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
 def test_context_run_trains_predicts_and_exports_2k_plus_1_channels(stack, tmp_path):
     import tensorflow as tf
 
-    from em_keras.data import context_stack, read_stack
-    from em_keras.predict import predict_stack
+    from em_keras.data.io import context_stack, read_stack
+    from em_keras.inference.predict import predict_stack
 
     out = tmp_path / "ctx"
     lines = []

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from em_keras.unet import build_unet
+from em_keras.models.unet import build_unet
 
 
 def test_default_is_the_original_unet():

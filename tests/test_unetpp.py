@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from em_keras.unetpp import build_unetpp, inference_model, unetpp_body
+from em_keras.models.unetpp import build_unetpp, inference_model, unetpp_body
 
 
 def test_default_is_the_paper_unetpp():
@@ -99,7 +99,7 @@ def test_keras_round_trip_identical_outputs(ds_model, tmp_path):
 
 
 def test_predict_load_model_averages_a_multi_output_checkpoint(ds_model, tmp_path):
-    from em_keras.predict import load_model, predict_stack
+    from em_keras.inference.predict import load_model, predict_stack
 
     path = tmp_path / "ds.keras"
     ds_model.save(path)
@@ -111,7 +111,7 @@ def test_predict_load_model_averages_a_multi_output_checkpoint(ds_model, tmp_pat
 
 def test_cli_flags_and_presets(tmp_path):
     from em_keras.errors import InputError
-    from em_keras.training import PRESETS, TrainConfig, build_parser, config_from_args, resolve_config
+    from em_keras.training.loop import PRESETS, TrainConfig, build_parser, config_from_args, resolve_config
 
     assert {"paper", "cpu"} <= set(PRESETS["unetpp"])
     args = build_parser("unetpp").parse_args(["--no-deep-supervision", "--ds-predict", "last", "--depth", "3",
@@ -128,8 +128,8 @@ def test_train_unetpp_deep_supervision_one_step(tmp_path):
     import tensorflow as tf
     import tifffile
 
-    from em_keras.data import synthetic_em
-    from em_keras.training import TrainConfig, train
+    from em_keras.data.io import synthetic_em
+    from em_keras.training.loop import TrainConfig, train
 
     images, labels = synthetic_em(n=4, size=64, seed=5)
     d = tmp_path / "data"
@@ -155,7 +155,7 @@ def test_train_unetpp_deep_supervision_one_step(tmp_path):
 def test_load_model_follows_the_runs_ds_predict(ds_model, tmp_path):
     import json
 
-    from em_keras.predict import load_model
+    from em_keras.inference.predict import load_model
 
     x = np.random.default_rng(2).random((1, 32, 32, 1)).astype("float32")
     heads = [np.asarray(y) for y in ds_model(x)]

@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 
-from .atomic import atomic_dir, save_json, save_npy, save_png
-from .errors import ArgumentParser, InputError, TrainingError
+from em_keras.atomic import atomic_dir, save_json, save_npy, save_png
+from em_keras.errors import ArgumentParser, InputError, TrainingError
 
 __all__ = [
     "TrainConfig",
@@ -173,7 +173,7 @@ def register_model(name, build, multiple, presets, inference=None, add_arguments
 
 
 def _build_unet(cfg):
-    from .unet import build_unet
+    from em_keras.models.unet import build_unet
 
     return build_unet(
         input_shape=(None, None, 1 + 2 * (cfg.context or 0)), filters=cfg.filters, depth=cfg.depth,
@@ -196,7 +196,7 @@ register_model("unet", _build_unet, lambda cfg: 2 ** cfg.depth, PRESETS["unet"],
                add_arguments=_unet_arguments)
 
 
-# ---- FCN-32s/16s/8s (em_keras.fcn) -------------------------------------------------------
+# ---- FCN-32s/16s/8s (em_keras.models.fcn) -------------------------------------------------------
 #: ``paper``: the FCN paper's solver (SGD, momentum 0.99, weight decay 5e-4, batch 1,
 #: lr 1e-10 on the pixel-summed loss ``bce_sum``) at 256x256, ImageNet VGG16;
 #: ``paper-focal``: the report's second run (focal loss, gamma 2, alpha 0.5, Adam 1e-6);
@@ -223,7 +223,7 @@ PRESETS["fcn"] = {
 
 
 def _build_fcn(cfg):
-    from .fcn import build_fcn, imagenet_weights_path, warm_start
+    from em_keras.models.fcn import build_fcn, imagenet_weights_path, warm_start
 
     spec = None if cfg.init_from else cfg.backbone_weights
     if spec == "auto":
@@ -259,7 +259,7 @@ def _fcn_arguments(g):
 def _validate_fcn(cfg):
     if cfg.context:
         raise InputError(f"--context {cfg.context}: FCN takes one channel (its VGG16 input); use unet or unetpp")
-    from .fcn import VARIANTS, resolve_backbone_weights
+    from em_keras.models.fcn import VARIANTS, resolve_backbone_weights
 
     if cfg.variant not in VARIANTS:
         raise InputError(f"--variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
@@ -277,7 +277,7 @@ register_model("fcn", _build_fcn, lambda cfg: 32, PRESETS["fcn"],
                add_arguments=_fcn_arguments, validate=_validate_fcn, onednn=False)
 
 
-# ---- U-Net++ (em_keras.unetpp) -----------------------------------------------------------
+# ---- U-Net++ (em_keras.models.unetpp) -----------------------------------------------------------
 PRESETS["unetpp"] = {
     "paper": dict(
         filters=32, depth=4, batch_norm=False, dropout=0.5, upsampling="transpose",
@@ -303,7 +303,7 @@ PRESETS["unetpp"] = {
 
 
 def _build_unetpp(cfg):
-    from .unetpp import build_unetpp
+    from em_keras.models.unetpp import build_unetpp
 
     return build_unetpp(
         input_shape=(None, None, 1 + 2 * (cfg.context or 0)), filters=cfg.filters, depth=cfg.depth,
@@ -313,7 +313,7 @@ def _build_unetpp(cfg):
 
 
 def _unetpp_inference(model, cfg):
-    from .unetpp import inference_model
+    from em_keras.models.unetpp import inference_model
 
     return inference_model(model, cfg.ds_predict)
 
@@ -353,11 +353,11 @@ def make_augmenter(cfg):
 
     Returns
     -------
-    em_keras.augment.Augmenter or None
+    em_keras.data.augment.Augmenter or None
     """
     if not cfg.augment:
         return None
-    from .augment import Augmenter
+    from em_keras.data.augment import Augmenter
 
     ranges = {} if cfg.affine else dict(rotation_range=0.0, width_shift_range=0.0,
                                         height_shift_range=0.0, shear_range=0.0, zoom_range=0.0)
@@ -422,7 +422,7 @@ def resolve_config(cfg):
         raise InputError(f"--border-weight must be >= 0, got {out.border_weight}")
     if out.seed is not None and not 0 <= out.seed < 2 ** 32:
         raise InputError(f"--seed must be in [0, 2^32), got {out.seed}")
-    from .losses import LOSSES, PIXEL_LOSSES
+    from em_keras.losses import LOSSES, PIXEL_LOSSES
 
     if out.loss not in LOSSES:
         raise InputError(f"--loss must be one of {', '.join(LOSSES)}, got {out.loss!r}")
@@ -466,8 +466,8 @@ def compile_model(model, cfg, total_steps, metrics=True, jit_compile=None):
     averaged (``loss_weights = 1/n``), and the metrics on the last head; feed it
     with :func:`replicate_targets`.
     """
-    from . import losses as losses_mod
-    from . import metrics as metrics_mod
+    from em_keras import losses as losses_mod
+    from em_keras.metrics import isbi as metrics_mod
 
     loss, loss_weights = losses_mod.get_loss(cfg.loss), None
     metric_list = metrics_mod.default_metrics(cfg.threshold) if metrics else None
@@ -776,7 +776,7 @@ def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log
     """
     import tensorflow as tf
 
-    from .atomic import save_json
+    from em_keras.atomic import save_json
 
     with strategy.scope():
         model._symbolic_build(data_batch=next(iter(train_ds)))  # metrics/optimizer variables, cross-replica
@@ -802,7 +802,7 @@ def _fit_multiworker(model, strategy, train_ds, cfg, chief, run_info, guard, log
         if chief:
             with open(history, "a") as fh:
                 fh.write(f"{epoch},{loss!r}\n")
-            from .atomic import atomic_path
+            from em_keras.atomic import atomic_path
 
             with atomic_path(os.path.join(cfg.out, "last.keras")) as tmp:
                 model.save(tmp)
@@ -875,7 +875,7 @@ def truncate_history(path, epoch):
             if int(row[0]) not in {int(r[0]) for r in kept}:
                 kept.append(row)
     if len(kept) != len(rows) - 1:
-        from .atomic import atomic_path
+        from em_keras.atomic import atomic_path
 
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="") as fh:
@@ -888,7 +888,7 @@ def versions():
     import keras
     import tensorflow as tf
 
-    from . import __version__
+    from em_keras import __version__
 
     try:  # whether TensorFlow runs its oneDNN CPU kernels (see em_keras.runtime)
         from tensorflow.python.util import _pywrap_util_port
@@ -928,7 +928,7 @@ def _check_out(cfg):
     ``--overwrite`` any previous run (finished, diverged or interrupted) is
     cleared instead, so logs and history are not appended to.
     """
-    from .atomic import check_writable
+    from em_keras.atomic import check_writable
 
     out = cfg.out
     check_writable(out, "--out", directory=True)
@@ -1012,7 +1012,7 @@ def _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log):
 
     ``images`` is the whole volume, ``y_tr`` the labels of its slices ``train_idx``.
     """
-    from .predict import calibrate_offset, predict_stack
+    from em_keras.inference.predict import calibrate_offset, predict_stack
 
     pick = np.unique(np.linspace(0, len(y_tr) - 1, min(len(y_tr), CALIBRATION_SLICES)).round().astype(int))
     probs = predict_stack(model, images, multiple=mult, tta=bool(cfg.tta),
@@ -1026,14 +1026,14 @@ def _calibrate_offset(model, images, y_tr, train_idx, mult, cfg, log):
 
 
 def _training_context(images, train_idx, context):
-    """:func:`em_keras.data.context_stack` of the training slices without any held-out image.
+    """:func:`em_keras.data.io.context_stack` of the training slices without any held-out image.
 
     Each run of consecutive training slices is stacked as a volume of its own, so
     a neighbour across a held-out gap is mirrored from inside the run: no held-out
     image is trained on. (Predictions take neighbours from the whole volume, as
     for a test volume.)
     """
-    from .data import context_stack
+    from em_keras.data.io import context_stack
 
     runs, start = [], 0
     for k in range(1, len(train_idx) + 1):
@@ -1079,7 +1079,7 @@ def train(cfg, log=print, callbacks=()):
     >>> sorted(train(cfg, log=lambda *a: None))[:2]  # doctest: +SKIP
     """
     cfg = resolve_config(cfg)
-    from . import data as data_mod
+    from em_keras.data import io as data_mod
 
     # Everything that can be wrong with the input is checked before --out is touched.
     images, labels, source = data_mod.load_data(cfg.data, log=log)
@@ -1108,8 +1108,8 @@ def train(cfg, log=print, callbacks=()):
 
     import keras
 
-    from . import metrics as metrics_mod
-    from .predict import pad_to_multiple, predict_stack, shift_probs
+    from em_keras.metrics import isbi as metrics_mod
+    from em_keras.inference.predict import pad_to_multiple, predict_stack, shift_probs
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -1288,12 +1288,12 @@ def export_savedmodel(model, path, offset=None):
     C is the model's input channels: 1, or ``2k + 1`` for a ``--context k`` model.
     A label ``offset`` ``(dy, dx)`` is recorded in ``assets.extra/em_keras.json``
     (extra files that TensorFlow Serving ignores), where
-    :func:`em_keras.predict.recorded_offset` finds it: the served P(cell) is
+    :func:`em_keras.inference.predict.recorded_offset` finds it: the served P(cell) is
     unshifted, because the shift belongs after test-time augmentation.
     """
     import tensorflow as tf
 
-    from .predict import RECORD_DIR, RECORD_FILE, model_channels
+    from em_keras.inference.predict import RECORD_DIR, RECORD_FILE, model_channels
 
     spec = tf.TensorSpec([None, None, None, model_channels(model)], tf.float32, name="image")
     with atomic_dir(path) as tmp:
@@ -1392,7 +1392,7 @@ def main(argv=None, model="unet"):
     Before TensorFlow loads, picks the CPU kernels registered for ``model``
     (:func:`register_model`'s ``onednn``).
     """
-    from .runtime import prepare_tensorflow
+    from em_keras.runtime import prepare_tensorflow
 
     if model in MODELS:
         prepare_tensorflow(onednn=MODELS[model]["onednn"])

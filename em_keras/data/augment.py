@@ -453,7 +453,7 @@ class Augmenter:
     z_flip : bool
         Reverse the order of the image's channels with probability 0.5: for a
         stack of adjacent sections as channels (2.5D input,
-        :func:`em_keras.data.context_stack`), whose z order carries no meaning.
+        :func:`em_keras.data.io.context_stack`), whose z order carries no meaning.
         The mask is untouched.
     seed : int or None
         Op-level seed of the stateful random ops: with a global seed

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from .errors import ArgumentParser, InputError, TrainingError
+from em_keras.errors import ArgumentParser, InputError, TrainingError
 
 __all__ = [
     "Experiment",
@@ -157,8 +157,8 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
 
     Returns the run directory.
     """
-    from .runtime import kernels_differ
-    from .training import MODELS, build_parser, config_from_args, train
+    from em_keras.runtime import kernels_differ
+    from em_keras.training.loop import MODELS, build_parser, config_from_args, train
 
     out = os.path.join(runs, exp.name)
     status = _status(out)
@@ -200,7 +200,7 @@ def _load_json(path):
 
 
 def _scores(labels, probs):
-    from .metrics import summary_scores
+    from em_keras.metrics.isbi import summary_scores
 
     return summary_scores(labels, probs)
 
@@ -208,7 +208,7 @@ def _scores(labels, probs):
 def _predict(out, images, tta, indices=None):
     """P(cell) of a run's ``last.keras`` on slices ``indices`` of the volume ``images``, shifted by
     the run's label offset like its ``probs.npy``."""
-    from .predict import load_model, predict_stack, recorded_offset, shift_probs
+    from em_keras.inference.predict import load_model, predict_stack, recorded_offset, shift_probs
 
     path = os.path.join(out, "last.keras")
     probs = predict_stack(load_model(path), images, tta=tta, indices=indices)
@@ -226,7 +226,7 @@ def score_run(out, images, labels, log=print):
     cache = _load_json(cache_path) if os.path.isfile(cache_path) else {}
     if "tta" in cache and "no_tta" in cache:
         return cache
-    from .atomic import save_json
+    from em_keras.atomic import save_json
 
     run = _load_json(os.path.join(out, "run.json"))
     val = run["val_slices"]
@@ -250,16 +250,16 @@ def score_run(out, images, labels, log=print):
 def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print):
     """DenseCRF on a finished run: the report's parameters, and a setting tuned on ``tune_slices``.
 
-    The grid search (:func:`em_keras.crf.grid_search`) runs on the run's
+    The grid search (:func:`em_keras.postprocess.crf.grid_search`) runs on the run's
     predictions (with TTA, as the run reports) of ``tune_slices``, which must
     not overlap the held-out slices. Cached in ``out/report_crf.json``.
     """
     cache_path = os.path.join(out, "report_crf.json")
     if os.path.isfile(cache_path):
         return _load_json(cache_path)
-    from . import crf
-    from .atomic import save_json, save_npy
-    from .predict import recorded_offset, shift_probs
+    from em_keras.postprocess import crf
+    from em_keras.atomic import save_json, save_npy
+    from em_keras.inference.predict import recorded_offset, shift_probs
 
     run = _load_json(os.path.join(out, "run.json"))
     val = run["val_slices"]
@@ -352,7 +352,7 @@ def format_markdown(rows, val_slices, command, figures=()):
         f"Command: `{command}`",
         "",
         f"Held-out slices {val_slices}; accuracies at P(cell) > 0.5; V_rand / V_info as in "
-        "`em_keras.metrics.isbi_evaluate`; training minutes on this machine. The report's "
+        "`em_keras.metrics.isbi.isbi_evaluate`; training minutes on this machine. The report's "
         "numbers are for its own held-out slices (25-29).",
         "",
         "| run | settings | pixel acc. | cell acc. | membrane acc. | V_rand | V_info | train min | report |",
@@ -377,7 +377,7 @@ END = "<!-- em_keras report: end -->"
 
 def write_page(path, section, title="## Experiment matrix (`python -m em_keras report`)"):
     """Put ``section`` between the report markers of ``path`` (appended if absent), atomically."""
-    from .atomic import atomic_path
+    from em_keras.atomic import atomic_path
 
     text = ""
     if os.path.isfile(path):
@@ -402,7 +402,7 @@ def plot_curves(runs, names, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_path
+    from em_keras.atomic import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in names:
@@ -436,7 +436,7 @@ def plot_qualitative(images, labels, probs, probs_crf, path, titles=("U-Net", "U
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_path
+    from em_keras.atomic import atomic_path
 
     n = len(images)
     cols = [("image", images), ("label", labels), (titles[0], probs)]
@@ -481,7 +481,7 @@ def _parser():
 def main(argv=None, log=print):
     """``python -m em_keras report``."""
     args = _parser().parse_args(argv)
-    from . import data
+    from em_keras.data import io as data
 
     matrix = select(DEFAULT_MATRIX, args.only)
     if args.list:

@@ -3,7 +3,7 @@
 import keras
 from keras import layers
 
-from .blocks import check_input_shape, conv_block, output_head, up_block
+from em_keras.models.blocks import check_input_shape, conv_block, output_head, up_block
 
 __all__ = ["build_unet"]
 

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from .errors import InputError
+from em_keras.errors import InputError
 
 __all__ = [
     "read_stack",
@@ -49,7 +49,7 @@ def _natural_key(s):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
-def _read_raw(path):
+def read_raw(path):
     """Read a TIFF stack, a single image or a folder of slices as an ndarray."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -61,7 +61,7 @@ def _read_raw(path):
         )
         if not files:
             raise InputError(f"{path}: folder holds no .png/.tif slices (empty stack)")
-        slices = [_read_raw(os.path.join(path, f)) for f in files]
+        slices = [read_raw(os.path.join(path, f)) for f in files]
         shapes = {s.shape for s in slices}
         if len(shapes) != 1:
             raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
@@ -142,7 +142,7 @@ def read_stack(path):
     >>> read_stack(p).shape, float(read_stack(p).max())
     ((2, 4, 4), 1.0)
     """
-    arr = _as_stack(_read_raw(path), path)
+    arr = _as_stack(read_raw(path), path)
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
@@ -188,7 +188,7 @@ def read_labels(path):
     >>> read_labels(p).tolist()
     [[[0, 1], [1, 1]]]
     """
-    arr = _as_stack(_read_raw(path), path)
+    arr = _as_stack(read_raw(path), path)
     if not (arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise InputError(f"{path}: unsupported label dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
@@ -541,7 +541,7 @@ def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augme
         masks stay binary). Ignored when ``crop`` is given.
     augmenter : callable, optional
         ``(image_batch, mask_batch) -> (image_batch, mask_batch)`` of TF ops, e.g.
-        :class:`em_keras.augment.Augmenter`; applied per batch (vectorised).
+        :class:`em_keras.data.augment.Augmenter`; applied per batch (vectorised).
     shuffle, repeat : bool
     seed : int, optional
     weights : float32 ndarray (N, H, W), optional

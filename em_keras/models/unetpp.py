@@ -9,7 +9,7 @@ single-output one for prediction and export.
 import keras
 from keras import layers
 
-from .blocks import check_input_shape, conv_block, output_head, up_block
+from em_keras.models.blocks import check_input_shape, conv_block, output_head, up_block
 
 __all__ = ["DS_MODES", "unetpp_body", "build_unetpp", "inference_model"]
 
@@ -23,7 +23,7 @@ def unetpp_body(inputs, filters=32, depth=4, dropout=0.0, dropout_levels=2, batc
 
     Node ``X^{i,j}`` (level ``i`` = number of poolings, ``j`` = position along the
     skip pathway) has ``filters * 2**i`` filters and is two 3x3 convolutions
-    (:func:`em_keras.blocks.conv_block`). The backbone is
+    (:func:`em_keras.models.blocks.conv_block`). The backbone is
     ``X^{i,0} = H(pool(X^{i-1,0}))``; every other node is
     ``X^{i,j} = H([X^{i,0}, ..., X^{i,j-1}, Up(X^{i+1,j-1})])``.
 
@@ -36,7 +36,7 @@ def unetpp_body(inputs, filters=32, depth=4, dropout=0.0, dropout_levels=2, batc
         Number of poolings (4 in the paper).
     dropout : float
         Dropout rate in the backbone nodes of the ``dropout_levels`` deepest levels
-        (like :func:`em_keras.unet.build_unet`).
+        (like :func:`em_keras.models.unet.build_unet`).
     dropout_levels : int
     batch_norm : bool
     upsampling : {"transpose", "upsample"}

@@ -17,13 +17,13 @@ import os
 
 import numpy as np
 
-from .errors import InputError
+from em_keras.errors import InputError
 
 __all__ = ["load_model", "load_keras_file", "pad_to_multiple", "predict_stack", "predict_ensemble",
            "model_multiple", "model_channels", "common_multiple", "tile_starts", "blend_window",
            "dihedral_transforms", "shift_probs", "calibrate_offset", "parse_offset", "recorded_offset"]
 
-#: Where :func:`em_keras.training.export_savedmodel` records a SavedModel's label offset.
+#: Where :func:`em_keras.training.loop.export_savedmodel` records a SavedModel's label offset.
 RECORD_DIR, RECORD_FILE = "assets.extra", "em_keras.json"
 
 
@@ -59,7 +59,7 @@ def load_model(path):
         raise InputError(f"{path}: expected a .keras file or a SavedModel directory")
     model = load_keras_file(path)
     if len(model.outputs) > 1:  # a deeply supervised U-Net++ checkpoint: its run's --ds-predict
-        from .unetpp import inference_model
+        from em_keras.models.unetpp import inference_model
 
         model = inference_model(model, _run_ds_predict(path))
     return model
@@ -95,7 +95,9 @@ def load_keras_file(path, flag=None):
         raise InputError(f"{where}: cannot load model (not a .keras zip archive; truncated or corrupt?)")
     import keras
 
-    from . import losses, metrics  # noqa: F401  (registers the serializable objects)
+    from em_keras import losses
+
+    from em_keras.metrics import isbi as metrics  # noqa: F401  (registers the serializable objects)
 
     try:
         return keras.saving.load_model(path, compile=False)
@@ -139,7 +141,7 @@ def model_channels(model):
     """Input channels per pixel of a model (``input_shape[-1]``; 1 when unknown).
 
     A model with ``2k + 1`` channels takes each slice with ``k`` neighbours on
-    either side (:func:`em_keras.data.context_stack`).
+    either side (:func:`em_keras.data.io.context_stack`).
     """
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, list):  # a functional model with one input
@@ -391,7 +393,7 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
 
     A model with ``2k + 1`` input channels (:func:`model_channels`, trained
     with ``--context k``) gets every slice with its ``k`` neighbours on each
-    side of ``images`` (:func:`em_keras.data.context_stack`), so pass the
+    side of ``images`` (:func:`em_keras.data.io.context_stack`), so pass the
     whole volume and pick slices with ``indices``.
 
     Parameters
@@ -439,7 +441,7 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
 
     Examples
     --------
-    >>> from em_keras.unet import build_unet
+    >>> from em_keras.models.unet import build_unet
     >>> m = build_unet(filters=4, depth=2)
     >>> predict_stack(m, np.zeros((2, 30, 30), np.float32)).shape
     (2, 30, 30)
@@ -454,7 +456,7 @@ def predict_stack(model, images, multiple=None, batch_size=1, tile=None, overlap
         raise InputError(f"the model takes {channels} channels; expected 1 or 2k + 1 (a slice and k "
                          f"neighbours on each side)")
     if channels > 1 or indices is not None:
-        from .data import context_stack
+        from em_keras.data.io import context_stack
 
         images = context_stack(images, (channels - 1) // 2, indices)
         if channels == 1:
@@ -524,7 +526,7 @@ def predict_ensemble(models, images, multiple=None, offsets=None, **kwargs):
 
     Examples
     --------
-    >>> from em_keras.unet import build_unet
+    >>> from em_keras.models.unet import build_unet
     >>> a, b = build_unet(filters=4, depth=2), build_unet(filters=4, depth=3)
     >>> predict_ensemble([a, b], np.zeros((1, 30, 30), np.float32)).shape
     (1, 30, 30)
@@ -665,7 +667,7 @@ def calibrate_offset(labels, probs, threshold=0.5, max_shift=1.0, step=0.125):
     probs : array_like of float, same shape
         P(cell), e.g. test-time-augmented predictions of the training slices.
     threshold : float
-        Cell when ``prob > threshold`` after the shift (as :func:`em_keras.metrics.confusion`).
+        Cell when ``prob > threshold`` after the shift (as :func:`em_keras.metrics.isbi.confusion`).
     max_shift, step : float
         Search range and final resolution, pixels.
 

@@ -6,7 +6,7 @@ refines the network's per-pixel P(cell) using the EM image: pixels that are
 close together and have similar grey values are pushed towards the same label.
 Inference is mean field on the ``pydensecrf`` implementation (the ``pydensecrf2``
 package, installed with ``pip install "em_keras[crf]"``); it is imported only
-when a CRF is actually run, so ``import em_keras.crf`` works without it.
+when a CRF is actually run, so ``import em_keras.postprocess.crf`` works without it.
 
 Model
 -----
@@ -27,7 +27,7 @@ kernel. A kernel whose ``compat`` is 0 is not added at all.
 Intensity scale of ``schan`` (both modes)
 -----------------------------------------
 ``schan`` is always measured on **intensities in [0, 1]** (the scale of
-:func:`em_keras.data.read_stack`), per channel:
+:func:`em_keras.data.io.read_stack`), per channel:
 
 * ``mode="gray"`` (default): one intensity feature ``I / schan`` with ``I`` the
   float grey value in [0, 1]; built with
@@ -72,7 +72,7 @@ Tune on labelled validation slices, then apply the best setting to test slices::
 Examples
 --------
 >>> import numpy as np
->>> from em_keras.crf import dense_crf
+>>> from em_keras.postprocess.crf import dense_crf
 >>> image = np.full((32, 32), 0.8, np.float32); image[:, 15:17] = 0.1
 >>> prob = np.where(image > 0.5, 0.7, 0.3).astype(np.float32)
 >>> refined = dense_crf(prob, image, iters=5)
@@ -88,7 +88,7 @@ import time
 
 import numpy as np
 
-from .errors import ArgumentParser, InputError
+from em_keras.errors import ArgumentParser, InputError
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -399,7 +399,7 @@ def _expand_grid(grid, base):
 
 
 def _scores(labels, probs, threshold, isbi):
-    from .metrics import summary_scores
+    from em_keras.metrics.isbi import summary_scores
 
     return summary_scores(labels, probs, threshold=threshold, isbi=isbi)
 
@@ -429,7 +429,7 @@ def grid_search(probs, images, labels, grid=None, jobs=1, progress=False, thresh
     rank_by : str
         One of :data:`RANK_KEYS`, default ``"pixel_accuracy"``. ``"v_rand"`` or
         ``"v_info"`` also computes the ISBI scores
-        (:func:`em_keras.metrics.isbi_evaluate`, slower). A CRF can raise pixel
+        (:func:`em_keras.metrics.isbi.isbi_evaluate`, slower). A CRF can raise pixel
         accuracy while opening gaps in thin membranes (merging cells), so rank
         by V_rand when the segmentation topology is what matters.
     **base
@@ -441,7 +441,7 @@ def grid_search(probs, images, labels, grid=None, jobs=1, progress=False, thresh
     list of (dict, dict)
         ``(params, scores)`` for every setting, ``params`` complete
         (:func:`dense_crf` keywords), ``scores`` from
-        :func:`em_keras.metrics.accuracy_table` over all slices (plus
+        :func:`em_keras.metrics.isbi.accuracy_table` over all slices (plus
         ``v_rand`` and ``v_info`` when ranking by them). Sorted by ``rank_by``,
         highest first; ties keep the grid order.
 
@@ -452,7 +452,7 @@ def grid_search(probs, images, labels, grid=None, jobs=1, progress=False, thresh
 
     Examples
     --------
-    >>> from em_keras.data import synthetic_em
+    >>> from em_keras.data.io import synthetic_em
     >>> images, labels = synthetic_em(n=1, size=32, seed=0)
     >>> probs = np.clip(labels * 0.6 + 0.2, 0, 1).astype(np.float32)
     >>> ranked = grid_search(probs, images, labels, grid={"schan": [0.05, 0.1]}, iters=2)
@@ -462,7 +462,7 @@ def grid_search(probs, images, labels, grid=None, jobs=1, progress=False, thresh
     """
     if rank_by not in RANK_KEYS:
         raise InputError(f"--rank-by: expected one of {', '.join(RANK_KEYS)}, got {rank_by!r}")
-    from . import metrics  # noqa: F401  (fail early if the metrics module is missing)
+    from em_keras.metrics import isbi as metrics  # noqa: F401  (fail early if the metrics module is missing)
 
     probs = np.asarray(probs, dtype=np.float32)
     images = np.asarray(images, dtype=np.float32)
@@ -562,7 +562,7 @@ def resolve_offset(offset, probs_path=None):
     -------
     (float, float) or None
     """
-    from .predict import parse_offset, recorded_offset
+    from em_keras.inference.predict import parse_offset, recorded_offset
 
     if offset is not None:
         return parse_offset(offset, "--offset")
@@ -573,9 +573,9 @@ def resolve_offset(offset, probs_path=None):
 
 
 def _read_probs(path):
-    from .data import _read_raw
+    from em_keras.data.probs import load_probs
 
-    return validate_probs(_read_raw(path), path)
+    return load_probs(path)
 
 
 def _parse_grid(items):
@@ -693,7 +693,7 @@ def _check_out_path(path, exts, flag):
         raise InputError(f"{flag} {path}: expected a {' or '.join(exts)} file")
     if os.path.isdir(path):
         raise InputError(f"{flag} {path}: is a directory")
-    from .atomic import check_writable
+    from em_keras.atomic import check_writable
 
     check_writable(path, flag)
 
@@ -722,7 +722,7 @@ def _select(arr, idx):
 
 
 def _print_scores(labels, before, after, params, out):
-    from .metrics import accuracy_table, format_table, isbi_evaluate
+    from em_keras.metrics.isbi import accuracy_table, format_table, isbi_evaluate
 
     columns = {}
     for name, probs in (("before CRF", before), ("after CRF", after)):
@@ -797,7 +797,7 @@ def main(argv=None):
     offset = resolve_offset(args.offset, args.probs)
     _import_densecrf()
 
-    from .data import parse_slices, read_labels, read_stack
+    from em_keras.data.io import parse_slices, read_labels, read_stack
 
     probs = _read_probs(args.probs)
     images = read_stack(args.images)
@@ -824,7 +824,7 @@ def main(argv=None):
     progress = not args.no_progress
     log = sys.stdout
     if offset is not None and offset != (0.0, 0.0):
-        from .predict import shift_probs
+        from em_keras.inference.predict import shift_probs
 
         if args.offset is None:
             print(f"note: {args.probs} was shifted by its run's label offset dy {offset[0]:+g}, "
@@ -846,7 +846,7 @@ def main(argv=None):
             print("note: no CRF setting beats the unrefined probabilities on these slices "
                   "(the best is no refinement)", file=log)
         if args.save_best:
-            from .atomic import save_json
+            from em_keras.atomic import save_json
 
             save_json(args.save_best, {"params": best, "scores": best_scores, "baseline": baseline,
                                        "probs": args.probs, "images": args.images, "labels": args.labels,
@@ -860,12 +860,12 @@ def main(argv=None):
         if labels is not None and not args.grid_search:
             _print_scores(labels, probs, refined, params, log)
         if args.out:
-            from .atomic import save_tiff
+            from em_keras.atomic import save_tiff
 
             save_tiff(args.out, np.where(refined > 0.5, 255, 0).astype(np.uint8))
             print(f"wrote {args.out}", file=log)
         if args.out_probs:
-            from .atomic import save_npy
+            from em_keras.atomic import save_npy
 
             save_npy(args.out_probs, refined.astype(np.float32))
             print(f"wrote {args.out_probs}", file=log)

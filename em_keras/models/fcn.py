@@ -19,7 +19,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from .errors import InputError
+from em_keras.errors import InputError
 
 __all__ = [
     "VARIANTS",
@@ -223,7 +223,7 @@ def warm_start(model, source):
         If ``source`` is a path that cannot be loaded.
     """
     if not isinstance(source, keras.Model):
-        from .predict import load_keras_file
+        from em_keras.inference.predict import load_keras_file
 
         source = load_keras_file(os.fspath(source), "--init-from")
     by_name = {layer.name: layer for layer in source.layers}
@@ -261,7 +261,7 @@ def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=
     as in the paper. The skip scores are zero-initialised. ``head`` applies the
     sigmoid in float32. With "same" padding everywhere, any input whose height and
     width divide by 32 gives an output of exactly the input size (no crop needed);
-    :func:`em_keras.predict.predict_stack` pads other sizes.
+    :func:`em_keras.inference.predict.predict_stack` pads other sizes.
 
     Parameters
     ----------

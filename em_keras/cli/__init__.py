@@ -1,0 +1,1 @@
+"""The ``em-keras`` command: one module per subcommand."""
