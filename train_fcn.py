@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Train an FCN-32s/16s/8s (VGG16 backbone) on EM slices. See ``python train_fcn.py --help`` and README.md."""
+"""Train an FCN-32s/16s/8s on a VGG16 backbone: the same command as ``em-keras train fcn`` (see --help)."""
 
 import sys
 
+from em_keras.cli.train import main
 from em_keras.errors import run_cli
-from em_keras.training.loop import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda argv: main(argv, model="fcn")))
+    sys.exit(run_cli(lambda argv: main(["fcn", *argv])))

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Train a U-Net on EM slices. See ``python train_unet.py --help`` and README.md."""
+"""Train a U-Net on EM slices: the same command as ``em-keras train unet`` (see --help)."""
 
 import sys
 
+from em_keras.cli.train import main
 from em_keras.errors import run_cli
-from em_keras.training.loop import main
 
 if __name__ == "__main__":
-    sys.exit(run_cli(lambda argv: main(argv, model="unet")))
+    sys.exit(run_cli(lambda argv: main(["unet", *argv])))

@@ -45,7 +45,7 @@ def main(argv=None):
 
     import keras
 
-    from em_keras.data.io import synthetic_em
+    from em_keras.data.synthetic import synthetic_em
     from em_keras.inference.predict import predict_stack
     from em_keras.models.unet import build_unet
 

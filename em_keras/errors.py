@@ -33,6 +33,12 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InputError(f"{message} (see {self.prog} --help)")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning as ``warning: <message>`` on stderr (``warnings.showwarning`` signature)."""
+    text = str(message).splitlines()[0] if str(message) else category.__name__
+    print(f"warning: {text}", file=sys.stderr if file is None else file)
+
+
 def run_cli(main, argv=None):
     """Run ``main(argv)`` and turn :class:`InputError` into a one-line error.
 
@@ -65,6 +71,10 @@ def run_cli(main, argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     prepare_tensorflow()
     debug = "--debug" in argv
+    if not debug:
+        import warnings
+
+        warnings.showwarning = _one_line_warning
     try:
         code = main(argv)
     except InputError as exc:

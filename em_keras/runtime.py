@@ -151,7 +151,7 @@ def kernels_differ(onednn, environ=None):
     Parameters
     ----------
     onednn : bool
-        The model's registered choice (``em_keras.training.loop.register_model``).
+        Whether the model trains on oneDNN kernels (``em_keras.cli.train.wants_onednn``).
     environ : mapping, optional
         Defaults to ``os.environ``.
 

@@ -1,4 +1,4 @@
-"""Experiment matrix and results page: ``python -m em_keras report``.
+"""Experiment matrix and results page: ``python experiments/report.py``.
 
 Trains every experiment of a matrix (U-Net, U-Net++, FCN-32s/16s/8s with and
 without augmentation and elastic deformation, each at its ``cpu`` preset),
@@ -14,11 +14,11 @@ Examples
 --------
 Everything (several hours on 2 CPU cores)::
 
-    python -m em_keras report --data ../shared/data/isbi2012 --val-slices 20-24
+    python experiments/report.py --data ../shared/data/isbi2012 --val-slices 20-24
 
 Only the runs that are already finished, plus one more::
 
-    python -m em_keras report --data ../shared/data/isbi2012 --only unet,unet-elastic --no-train
+    python experiments/report.py --data ../shared/data/isbi2012 --only unet,unet-elastic --no-train
 """
 
 import dataclasses
@@ -158,7 +158,8 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
     Returns the run directory.
     """
     from em_keras.runtime import kernels_differ
-    from em_keras.training.loop import MODELS, build_parser, config_from_args, train
+    from em_keras.cli.train import config_from_argv, wants_onednn
+    from em_keras.training.loop import train
 
     out = os.path.join(runs, exp.name)
     status = _status(out)
@@ -181,7 +182,7 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
     elif os.path.isdir(out) and os.listdir(out):
         argv.append("--overwrite")  # a run that died before its first epoch
     log(f"[{exp.name}] {'resuming' if status else 'training'}: train {exp.model} {' '.join(argv)}")
-    if kernels_differ(MODELS[exp.model]["onednn"]):
+    if kernels_differ(wants_onednn(exp.model)):
         # The FCN trains on TensorFlow's Eigen kernels: TF reads that choice when it loads.
         cmd = [sys.executable, "-m", "em_keras", "train", exp.model, *argv]
         log(f"[{exp.name}] in its own process (TensorFlow's Eigen CPU kernels)")
@@ -189,8 +190,8 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
         if code != 0:
             raise TrainingError(f"[{exp.name}] training failed with exit code {code}: {shlex.join(cmd)}")
         return out
-    args = build_parser(exp.model).parse_args(argv)
-    train(config_from_args(args, exp.model), log=log)
+    cfg, _ = config_from_argv(exp.model, argv)
+    train(cfg, log=log)
     return out
 
 
@@ -208,7 +209,9 @@ def _scores(labels, probs):
 def _predict(out, images, tta, indices=None):
     """P(cell) of a run's ``last.keras`` on slices ``indices`` of the volume ``images``, shifted by
     the run's label offset like its ``probs.npy``."""
-    from em_keras.inference.predict import load_model, predict_stack, recorded_offset, shift_probs
+    from em_keras.inference.load import load_model
+    from em_keras.inference.offset import recorded_offset, shift_probs
+    from em_keras.inference.predict import predict_stack
 
     path = os.path.join(out, "last.keras")
     probs = predict_stack(load_model(path), images, tta=tta, indices=indices)
@@ -259,7 +262,7 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
         return _load_json(cache_path)
     from em_keras.postprocess import crf
     from em_keras.atomic import save_json, save_npy
-    from em_keras.inference.predict import recorded_offset, shift_probs
+    from em_keras.inference.offset import recorded_offset, shift_probs
 
     run = _load_json(os.path.join(out, "run.json"))
     val = run["val_slices"]
@@ -275,7 +278,7 @@ def crf_scores(out, images, labels, tune_slices, jobs=0, smoke=False, log=print)
     ranked = crf.grid_search(probs_tune, images[tune_slices], labels[tune_slices], jobs=jobs,
                              grid=_SMOKE_GRID if smoke else None)
     best = ranked[0][0]
-    report_params = dict(crf.DEFAULT_PARAMS, mode="gray")
+    report_params = dict(crf.DEFAULT_PARAMS)
     refined_report = crf.refine_stack(probs_val, images[val], jobs=jobs, **report_params)
     refined_tuned = crf.refine_stack(probs_val, images[val], jobs=jobs, **best)
     save_npy(os.path.join(out, "probs_crf.npy"), refined_tuned.astype(np.float32))
@@ -375,7 +378,7 @@ BEGIN = "<!-- em_keras report: begin -->"
 END = "<!-- em_keras report: end -->"
 
 
-def write_page(path, section, title="## Experiment matrix (`python -m em_keras report`)"):
+def write_page(path, section, title="## Experiment matrix (`python experiments/report.py`)"):
     """Put ``section`` between the report markers of ``path`` (appended if absent), atomically."""
     from em_keras.atomic import atomic_path
 
@@ -458,13 +461,13 @@ def plot_qualitative(images, labels, probs, probs_crf, path, titles=("U-Net", "U
 
 
 def _parser():
-    p = ArgumentParser(prog="python -m em_keras report",
+    p = ArgumentParser(prog="python experiments/report.py",
                        description="Train the experiment matrix (resumably) and write the results page.")
     p.add_argument("--data", help="ISBI-layout data directory (default: as the train scripts)")
     p.add_argument("--val-slices", default="-5:", help="held-out slices (default: the last 5)")
     p.add_argument("--tune-slices", help="labelled slices to tune the CRF on (default: the 5 before the held-out ones)")
     p.add_argument("--runs", default="runs/report", help="one run directory per experiment")
-    p.add_argument("--results", default="docs/RESULTS.md",
+    p.add_argument("--results", default="runs/report/results.md",
                    help="Markdown page; the section between the report markers is replaced")
     p.add_argument("--figures", help="folder for the PNG plots (default: figures/ beside --results)")
     p.add_argument("--only", help="comma-separated experiment names (default: the whole matrix)")
@@ -479,7 +482,7 @@ def _parser():
 
 
 def main(argv=None, log=print):
-    """``python -m em_keras report``."""
+    """``python experiments/report.py``: train, score and tabulate the experiment matrix."""
     args = _parser().parse_args(argv)
     from em_keras.data import io as data
 
@@ -537,8 +540,15 @@ def main(argv=None, log=print):
                          os.path.join(fig_dir, "report_qualitative.png"), titles=(qual, f"{qual} + CRF (tuned)"))
         figures.append((f"held-out slices: image, label, {qual}{', ' + qual + ' + CRF' if qual in crf else ''}",
                         f"{rel}/report_qualitative.png"))
-    command = "python -m em_keras report " + shlex.join(sys.argv[2:] if argv is None else argv)
+    command = "python experiments/report.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     section = format_markdown(table_rows(matrix, scored, crf), _span(val), command.strip(), figures)
     write_page(args.results, section)
     log(f"wrote {args.results} ({len(scored)} of {len(matrix)} runs finished)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from em_keras.errors import run_cli
+
+    sys.exit(run_cli(main))

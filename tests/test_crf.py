@@ -1,4 +1,4 @@
-"""Tests of the dense CRF refinement (em_keras.postprocess.crf, crf_refine.py)."""
+"""Tests of the dense CRF refinement (em_keras.postprocess.crf) and its command (em_keras.cli.crf, crf_refine.py)."""
 
 import builtins
 import json
@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from em_keras.postprocess import crf
+from em_keras.cli import crf as crf_cli
 from em_keras.errors import InputError, run_cli
+from em_keras.postprocess import crf
 
 pytest.importorskip("pydensecrf.densecrf")
 
@@ -18,7 +19,7 @@ def _scene(size=48, seed=0, noise=0.3):
     """A clean piecewise-constant EM-like slice and a noisy P(cell) for it.
 
     Bright cells (0.8) separated by a dark cross of membrane (0.1), values on
-    the 8-bit grid so that the rgb mode sees exactly the same image.
+    the 8-bit grid so that a TIFF round trip is exact.
     """
     from scipy import ndimage
 
@@ -63,23 +64,6 @@ def test_iters_zero_returns_normalised_unary():
     np.testing.assert_allclose(out, np.clip(prob, crf.EPS, 1 - crf.EPS), atol=1e-6)
 
 
-def test_gray_and_rgb_identical_without_bilateral_kernel():
-    prob, image, _ = _scene()
-    g = crf.dense_crf(prob, image, mode="gray", compat_bilateral=0)
-    r = crf.dense_crf(prob, image, mode="rgb", compat_bilateral=0)
-    np.testing.assert_array_equal(g, r)
-
-
-def test_gray_and_rgb_agree_on_constant_image():
-    prob, _, _ = _scene()
-    image = np.full(prob.shape, 0.5, np.float32)
-    g = crf.dense_crf(prob, image, mode="gray")
-    r = crf.dense_crf(prob, image, mode="rgb")
-    # Same energy; only the permutohedral lattice (3-D vs 5-D) differs.
-    assert np.abs(g - r).mean() < 0.01
-    assert ((g > 0.5) == (r > 0.5)).mean() > 0.99
-
-
 def _em_scene(seed, size=48):
     """A textured synthetic EM slice on the 8-bit grid and a noisy P(cell)."""
     from scipy import ndimage
@@ -94,8 +78,8 @@ def _em_scene(seed, size=48):
 
 
 @pytest.mark.parametrize("schan", [0.05, 0.1])
-def test_rgb_schan_is_on_unit_intensity_scale(schan):
-    """rgb mode == explicit features (x, y, I, I, I) / (sxy, sxy, schan, schan, schan), I in [0, 1]."""
+def test_schan_is_on_unit_intensity_scale(schan):
+    """dense_crf == pydensecrf with explicit features (x, y, I) / (sxy, sxy, schan), I in [0, 1]."""
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -106,30 +90,36 @@ def test_rgb_schan_is_on_unit_intensity_scale(schan):
     ref.setUnaryEnergy(unary_from_softmax(np.stack([1 - pc, pc]), clip=crf.EPS))
     ref.addPairwiseGaussian(sxy=1, compat=3)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    feats = np.stack([xx / 5, yy / 5] + [image / schan] * 3).reshape(5, -1)
+    feats = np.stack([yy / 5, xx / 5, image / schan]).reshape(3, -1)  # pydensecrf: row, column, grey
     ref.addPairwiseEnergy(np.ascontiguousarray(feats, dtype=np.float32), compat=10)
     expected = np.asarray(ref.inference(10)).reshape(2, h, w)[1]
-    got = crf.dense_crf(prob, image, mode="rgb", schan=schan)
+    got = crf.dense_crf(prob, image, schan=schan)
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
-def test_rgb_with_sqrt3_schan_matches_gray():
-    """The documented relation: rgb(schan * sqrt(3)) is the same energy as gray(schan).
+def test_no_refinement_is_the_clipped_input_without_pydensecrf(monkeypatch):
+    prob, image, _ = _scene()
+    with_crf = crf.dense_crf(prob, image, compat_gaussian=0, compat_bilateral=0, iters=10)
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)  # not needed to refine nothing
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    for params in (crf.NO_REFINEMENT, dict(crf.DEFAULT_PARAMS, iters=0)):
+        assert crf.is_identity(params)
+        out = crf.refine_stack(prob[None], image[None], jobs=2, **params)[0]
+        np.testing.assert_array_equal(out, np.clip(prob, np.float32(crf.EPS), np.float32(1 - crf.EPS)))
+        np.testing.assert_allclose(out, with_crf, atol=1e-6)  # what mean field without kernels gives
+    with pytest.raises(InputError, match="pydensecrf"):
+        crf.dense_crf(prob, image)
 
-    Only the permutohedral lattice (5-D vs 3-D) differs, so outputs agree
-    closely, and much more closely than rgb with the same schan.
-    """
-    d_equiv = d_same = 0.0
-    for seed in range(3):
-        prob, image = _em_scene(seed)
-        g = crf.dense_crf(prob, image, mode="gray", schan=0.1)
-        r_equiv = crf.dense_crf(prob, image, mode="rgb", schan=0.1 * np.sqrt(3))
-        r_same = crf.dense_crf(prob, image, mode="rgb", schan=0.1)
-        assert ((g > 0.5) == (r_equiv > 0.5)).mean() > 0.97
-        d_equiv += np.abs(g - r_equiv).mean()
-        d_same += np.abs(g - r_same).mean()
-    assert d_equiv / 3 < 0.015
-    assert d_equiv < 0.6 * d_same, (d_equiv, d_same)
+
+def test_expand_grid_keeps_each_distinct_setting_once():
+    combos = crf.expand_grid()
+    assert len(combos) == 84 and crf.is_identity(combos[0])  # 3 x (1 + 3 x 3 x 3): no refinement first
+    keys = {tuple(sorted(p.items())) for p in combos}
+    assert len(keys) == 84
+    full = [dict(crf.DEFAULT_PARAMS, compat_gaussian=g, sxy_bilateral=s, schan=c, compat_bilateral=b)
+            for g in (0, 1, 3) for s in (3, 5, 10) for c in (0.01, 0.03, 0.1) for b in (0, 1, 3, 10)]
+    assert len(full) == 108  # the product the dropped settings come from: only width changes of unused kernels
+    assert {crf._canonical(crf.check_params(p)) for p in full} == {crf._canonical(p) for p in combos}
 
 
 def test_jobs_two_equals_jobs_one():
@@ -140,19 +130,10 @@ def test_jobs_two_equals_jobs_one():
     np.testing.assert_array_equal(one[1], crf.dense_crf(probs[1], images[1], iters=3))
 
 
-@pytest.mark.parametrize("layout", ["nhw", "nhw1", "nhw2"])
-def test_validate_probs_layouts(layout):
-    p = np.random.default_rng(0).uniform(0, 1, (2, 5, 6)).astype(np.float32)
-    arr = {"nhw": p, "nhw1": p[..., None], "nhw2": np.stack([1 - p, p], axis=-1)}[layout]
-    out = crf.validate_probs(arr, "p.npy")
-    assert out.shape == (2, 5, 6) and out.dtype == np.float32
-    np.testing.assert_allclose(out, p, atol=1e-7)
-
-
 def test_bad_params_rejected():
     prob, image, _ = _scene(size=16)
     for kw in ({"schan": 0}, {"sxy_bilateral": -1}, {"compat_gaussian": -1}, {"iters": -1},
-               {"iters": 1.5}, {"mode": "lab"}):
+               {"iters": 1.5}, {"schan": float("nan")}):
         with pytest.raises(InputError):
             crf.dense_crf(prob, image, **kw)
     with pytest.raises(InputError):
@@ -163,8 +144,8 @@ def test_grid_search_ranked_best_first():
     pytest.importorskip("em_keras.metrics.isbi")
     probs, images, truths = _stack(n=2)
     grid = {"compat_bilateral": [0, 10], "schan": [0.05, 0.2]}
-    ranked = crf.grid_search(probs, images, truths, grid=grid, iters=5)
-    assert len(ranked) == 4
+    ranked = crf.grid_search(probs, images, truths, grid=grid, iters=5, rank_by="pixel_accuracy")
+    assert len(ranked) == 3  # schan does not matter without the bilateral kernel: one setting
     accs = [s["pixel_accuracy"] for _, s in ranked]
     assert accs == sorted(accs, reverse=True)
     for params, _ in ranked:
@@ -186,16 +167,19 @@ def test_grid_search_rank_by_v_rand():
 
 
 def test_params_to_flags_roundtrip():
-    line = crf.params_to_flags({"schan": 0.05, "mode": "rgb"})
-    assert line == ("--mode rgb --sxy-gaussian 1 --compat-gaussian 3 --sxy-bilateral 5 --schan 0.05 "
-                    "--compat-bilateral 10 --iters 10")
+    line = crf.params_to_flags({"schan": 0.05})
+    assert line == ("--sxy-gaussian 1 --compat-gaussian 3 --sxy-bilateral 5 --schan 0.05 --compat-bilateral 10 "
+                    "--iters 10")
+    args = crf_cli.build_parser().parse_args(["--probs", "p.npy", "--images", "i.tif"] + line.split())
+    assert {k: getattr(args, k) for k in crf.PARAM_NAMES} == crf.check_params({"schan": 0.05})
 
 
 def test_import_works_without_pydensecrf():
     import subprocess
 
-    code = "import sys; sys.modules['pydensecrf'] = None; import em_keras.postprocess.crf; print('ok')"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(crf.__file__)))
+    code = ("import sys; sys.modules['pydensecrf'] = None; import em_keras.postprocess.crf, em_keras.cli.crf; "
+            "print('ok')")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(crf.__file__))))
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
@@ -222,7 +206,7 @@ def files(tmp_path):
 def test_cli_writes_masks_and_probs(files, tmp_path):
     paths, probs, images, truths = files
     out, out_probs = tmp_path / "o" / "refined.tif", tmp_path / "refined.npy"
-    code = run_cli(crf.main, ["--probs", paths["probs"], "--images", paths["images"], "--out", str(out),
+    code = run_cli(crf_cli.main, ["--probs", paths["probs"], "--images", paths["images"], "--out", str(out),
                               "--out-probs", str(out_probs), "--iters", "5", "--no-progress"])
     assert code == 0
     import tifffile
@@ -242,7 +226,7 @@ def test_cli_slices_and_softmax_layout(files, tmp_path):
     sm = tmp_path / "sm.npy"
     np.save(sm, np.stack([1 - probs, probs], axis=-1))
     out_probs = tmp_path / "r.npy"
-    crf.main(["--probs", str(sm), "--images", paths["images"], "--slices", "1", "--out-probs", str(out_probs),
+    crf_cli.main(["--probs", str(sm), "--images", paths["images"], "--slices", "1", "--out-probs", str(out_probs),
               "--iters", "2", "--no-progress"])
     marg = np.load(out_probs)
     assert marg.shape == (1,) + probs.shape[1:]
@@ -252,7 +236,7 @@ def test_cli_slices_and_softmax_layout(files, tmp_path):
 def test_cli_labels_prints_before_and_after(files, capsys):
     pytest.importorskip("em_keras.metrics.isbi")
     paths, *_ = files
-    assert crf.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
+    assert crf_cli.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
                      "--iters", "5", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "before CRF" in text and "after CRF" in text
@@ -263,29 +247,29 @@ def test_cli_grid_search_prints_ranking_and_saves_best(files, tmp_path, capsys):
     pytest.importorskip("em_keras.metrics.isbi")
     paths, *_ = files
     best = tmp_path / "best.json"
-    assert crf.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
+    assert crf_cli.main(["--probs", paths["probs"], "--images", paths["images"], "--labels", paths["labels"],
                      "--grid-search", "--grid", "sxy_bilateral=5", "schan=0.05,0.2", "compat_bilateral=0,10",
                      "--iters", "3", "--save-best", str(best), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "no CRF" in text and "best: --mode gray" in text
+    assert "no CRF" in text and "best: --sxy-gaussian" in text
     saved = json.loads(best.read_text())
     assert saved["flags"] in text and saved["params"]["iters"] == 3
     # the saved setting is reusable with --params
     out = tmp_path / "r.npy"
-    crf.main(["--probs", paths["probs"], "--images", paths["images"], "--params", str(best),
+    crf_cli.main(["--probs", paths["probs"], "--images", paths["images"], "--params", str(best),
               "--out-probs", str(out), "--no-progress"])
     assert np.load(out).shape[0] == 2
 
 
 def _refine_cli(paths, out, *extra):
-    code = crf.main(["--probs", paths["probs"], "--images", paths["images"], "--out-probs", str(out),
+    code = crf_cli.main(["--probs", paths["probs"], "--images", paths["images"], "--out-probs", str(out),
                      "--iters", "5", "--no-progress", *extra])
     assert code == 0
     return np.load(out)
 
 
 def test_cli_offset_moves_the_images_with_the_probabilities(files, tmp_path, capsys):
-    from em_keras.inference.predict import shift_probs
+    from em_keras.inference.offset import shift_probs
 
     paths, probs, images, _ = files
     shifted_images = shift_probs(images, (0, 3))  # an integer offset: an exact translation
@@ -309,14 +293,14 @@ def test_cli_offset_moves_the_images_with_the_probabilities(files, tmp_path, cap
 
 
 def test_resolve_offset(tmp_path):
-    assert crf.resolve_offset("-0.5,0.25") == (-0.5, 0.25)
-    assert crf.resolve_offset(None, tmp_path / "probs.npy") is None  # no metrics.json
+    assert crf_cli.resolve_offset("-0.5,0.25") == (-0.5, 0.25)
+    assert crf_cli.resolve_offset(None, tmp_path / "probs.npy") is None  # no metrics.json
     (tmp_path / "metrics.json").write_text(json.dumps({"pixel_accuracy": 0.9}))
-    assert crf.resolve_offset(None, tmp_path / "probs.npy") is None  # a run without --calibrate-offset
+    assert crf_cli.resolve_offset(None, tmp_path / "probs.npy") is None  # a run without --calibrate-offset
     (tmp_path / "metrics.json").write_text(json.dumps({"offset": [-0.625, -0.25]}))
-    assert crf.resolve_offset(None, tmp_path / "probs.npy") == (-0.625, -0.25)
-    assert crf.resolve_offset(None, tmp_path / "val.npy") is None
-    assert crf.resolve_offset(str(tmp_path / "metrics.json")) == (-0.625, -0.25)
+    assert crf_cli.resolve_offset(None, tmp_path / "probs.npy") == (-0.625, -0.25)
+    assert crf_cli.resolve_offset(None, tmp_path / "val.npy") is None
+    assert crf_cli.resolve_offset(str(tmp_path / "metrics.json")) == (-0.625, -0.25)
 
 
 def _bad_cases(tmp_path, paths, probs):
@@ -348,7 +332,7 @@ def _bad_cases(tmp_path, paths, probs):
         "nan": (["--probs", npy("nan.npy", nan), "--images", i], "NaN"),
         "above one": (["--probs", npy("big.npy", probs * 2 + 0.5), "--images", i], "[0, 1]"),
         "negative": (["--probs", npy("neg.npy", probs - 0.5), "--images", i], "[0, 1]"),
-        "2-D": (["--probs", npy("flat.npy", probs[0]), "--images", i], "dimensionality"),
+        "2-D": (["--probs", npy("flat.npy", probs[0]), "--images", i], "slice count"),  # one slice
         "5-D": (["--probs", npy("five.npy", probs[None, ..., None]), "--images", i], "dimensionality"),
         "3 channels": (["--probs", npy("c3.npy", np.stack([probs] * 3, -1) / 3), "--images", i], "channels"),
         "int probs": (["--probs", npy("int.npy", (probs > 0.5).astype(np.uint8)), "--images", i], "dtype"),
@@ -384,10 +368,10 @@ def test_cli_bad_input(case, files, tmp_path, capsys):
     if case not in ("nothing to do", "bad out ext"):
         argv = argv + ["--out", str(out_dir / "r.tif"), "--out-probs", str(out_dir / "r.npy")]
     with pytest.raises(InputError) as exc:
-        crf.main(argv + ["--no-progress"])
+        crf_cli.main(argv + ["--no-progress"])
     assert needle in str(exc.value)
     assert "\n" not in str(exc.value)
-    assert run_cli(crf.main, argv + ["--no-progress"]) == 2
+    assert run_cli(crf_cli.main, argv + ["--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert not out_dir.exists() or not os.listdir(out_dir)
@@ -409,5 +393,129 @@ def test_missing_pydensecrf_names_extra(files, tmp_path, monkeypatch):
         crf.dense_crf(probs[0], images[0])
     out = tmp_path / "r.tif"
     with pytest.raises(InputError, match=r'pip install "em_keras\[crf\]"'):
-        crf.main(["--probs", paths["probs"], "--images", paths["images"], "--out", str(out)])
+        crf_cli.main(["--probs", paths["probs"], "--images", paths["images"], "--out", str(out)])
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- never silently harmful
+
+
+@pytest.fixture
+def thin(tmp_path):
+    """Synthetic slices with thin membranes, where the untuned CRF merges cells (V_rand 1.0 -> about 0.7)."""
+    import tifffile
+    from scipy import ndimage
+
+    from em_keras.data.synthetic import synthetic_em
+
+    x, y = synthetic_em(n=3, size=64, seed=0)
+    probs = np.clip(ndimage.gaussian_filter(y.astype(float), (0, 1, 1)) * 0.8 + 0.1, 0, 1).astype(np.float32)
+    paths = {"probs": tmp_path / "p.npy", "images": tmp_path / "x.tif", "labels": tmp_path / "y.tif"}
+    np.save(paths["probs"], probs)
+    tifffile.imwrite(paths["images"], np.round(x * 255).astype(np.uint8))
+    tifffile.imwrite(paths["labels"], (y * 255).astype(np.uint8))
+    return {k: str(v) for k, v in paths.items()}, probs
+
+
+def _argv(paths, *extra):
+    return ["--probs", paths["probs"], "--images", paths["images"], "--no-progress", "--jobs", "1", *extra]
+
+
+def test_cli_warns_when_refinement_lowers_v_rand(thin, capsys):
+    paths, _ = thin
+    assert run_cli(crf_cli.main, _argv(paths, "--labels", paths["labels"])) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "lowered V_rand from 1.000 to 0." in warnings[0], captured.err
+    # a setting that refines nothing does not lower V_rand: no warning
+    assert run_cli(crf_cli.main, _argv(paths, "--labels", paths["labels"], "--compat-gaussian", "0",
+                                       "--compat-bilateral", "0")) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_cli_warns_about_untuned_parameters_without_labels(thin, tmp_path, capsys):
+    paths, _ = thin
+    assert run_cli(crf_cli.main, _argv(paths, "--out-probs", str(tmp_path / "r.npy"))) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: untuned CRF parameters (on ISBI 2012 they lowered")
+    (tmp_path / "best.json").write_text(json.dumps({"params": dict(crf.DEFAULT_PARAMS, compat_bilateral=1)}))
+    assert run_cli(crf_cli.main, _argv(paths, "--params", str(tmp_path / "best.json"), "--out-probs",
+                                       str(tmp_path / "r.npy"))) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and f"CRF parameters from {tmp_path / 'best.json'}" in captured.out
+
+
+def test_tune_stores_the_setting_with_the_run_and_refining_uses_it(thin, tmp_path, capsys):
+    paths, probs = thin
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"val_slices": [2]}))
+    grid = ["--grid", "compat_gaussian=0,3", "compat_bilateral=0,10", "sxy_bilateral=5", "schan=0.01"]
+    assert run_cli(crf_cli.main, _argv(paths, "--labels", paths["labels"], "--slices", "0-1", "--tune",
+                                       "--run", str(run), *grid)) == 0
+    out = capsys.readouterr().out
+    assert "the tuned setting is no refinement" in out and f"wrote {run / 'crf.json'}" in out
+    saved = json.loads((run / "crf.json").read_text())
+    assert crf.is_identity(saved["params"]) and saved["rank_by"] == "v_rand" and saved["slices"] == [0, 1]
+    # refining the held-out slice with --run takes the tuned setting: P(cell) unchanged, no warning
+    refined = tmp_path / "r.npy"
+    assert run_cli(crf_cli.main, _argv(paths, "--slices", "2", "--run", str(run), "--out-probs", str(refined))) == 0
+    captured = capsys.readouterr()
+    assert f"CRF parameters from {run / 'crf.json'}" in captured.out and captured.err == ""
+    np.testing.assert_array_equal(np.load(refined), np.clip(probs[2:], np.float32(crf.EPS), np.float32(1 - crf.EPS)))
+
+
+def test_tune_refuses_the_runs_held_out_slices(thin, tmp_path, capsys):
+    paths, probs = thin
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"val_slices": [2]}))
+    np.save(run / "probs.npy", probs[2:])
+    argv = _argv(paths, "--labels", paths["labels"], "--tune", "--run", str(run), "--grid", "compat_bilateral=0")
+    assert run_cli(crf_cli.main, argv + ["--slices", "1-2"]) == 2
+    assert "slices 2 are held out by the run" in capsys.readouterr().err
+    own = [a if a != paths["probs"] else str(run / "probs.npy") for a in argv]
+    assert run_cli(crf_cli.main, own + ["--slices", "2"]) == 2
+    assert "holds the predictions of slices held out" in capsys.readouterr().err
+    assert not (run / "crf.json").exists()
+
+
+@pytest.mark.parametrize("out_flag, in_flag", [("--out-probs", "probs"), ("--out", "images"),
+                                               ("--out", "labels"), ("--save-best", "params")])
+def test_cli_refuses_to_overwrite_an_input(thin, tmp_path, capsys, out_flag, in_flag):
+    # crf_refine.py --out-probs X --probs X once replaced its own input
+    paths, _ = thin
+    (tmp_path / "params.json").write_text(json.dumps({"params": crf.NO_REFINEMENT}))
+    paths = dict(paths, params=str(tmp_path / "params.json"))
+    before = {k: open(v, "rb").read() for k, v in paths.items()}
+    argv = _argv(paths, "--labels", paths["labels"], "--params", paths["params"], out_flag, paths[in_flag])
+    if out_flag == "--save-best":
+        argv += ["--tune"]
+    assert run_cli(crf_cli.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out_flag} {paths[in_flag]}: is the same file as --{in_flag}")
+    assert {k: open(v, "rb").read() for k, v in paths.items()} == before
+
+
+def test_params_file_of_the_removed_rgb_mode_is_refused(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"params": dict(crf.DEFAULT_PARAMS, mode="rgb")}))
+    with pytest.raises(InputError, match="mode 'rgb' is no longer supported"):
+        crf_cli.load_params(str(tmp_path / "old.json"))
+    (tmp_path / "gray.json").write_text(json.dumps({"params": dict(crf.DEFAULT_PARAMS, mode="gray", iters=3)}))
+    assert crf_cli.load_params(str(tmp_path / "gray.json"))["iters"] == 3
+
+
+def test_crf_refine_script_is_the_same_command(thin, tmp_path):
+    import subprocess
+
+    paths, probs = thin
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "s.npy"
+    res = subprocess.run([sys.executable, "crf_refine.py", *_argv(paths, "--out-probs", str(out), "--iters", "2")],
+                         cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    images = np.round(np.asarray(__import__("tifffile").imread(paths["images"]), np.float32)) / 255
+    np.testing.assert_allclose(np.load(out), crf.refine_stack(probs, images, iters=2), atol=1e-6)
+    bad = subprocess.run([sys.executable, "crf_refine.py", "--probs", str(out), "--images", paths["images"],
+                          "--out-probs", str(out)], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --out-probs") and bad.stderr.count("\n") == 1

@@ -6,6 +6,8 @@ import tifffile
 from PIL import Image
 
 from em_keras.data import io as data
+from em_keras.data.dataset import border_weight_map, make_train_dataset
+from em_keras.data.synthetic import synthetic_em
 from em_keras.errors import InputError
 
 
@@ -87,8 +89,8 @@ def test_split_slices():
 
 
 def test_synthetic_em_is_em_like_and_deterministic():
-    x, y = data.synthetic_em(n=2, size=64, seed=5)
-    x2, y2 = data.synthetic_em(n=2, size=64, seed=5)
+    x, y = synthetic_em(n=2, size=64, seed=5)
+    x2, y2 = synthetic_em(n=2, size=64, seed=5)
     np.testing.assert_array_equal(x, x2)
     assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert set(np.unique(y)) == {0, 1}
@@ -108,8 +110,8 @@ def test_find_data_layouts(tmp_path, tiny_stack):
 
 
 def test_train_dataset_crop_keeps_alignment_and_binary():
-    x, y = data.synthetic_em(n=3, size=64, seed=1)
-    ds = data.make_train_dataset(x, y, batch_size=2, crop=32, seed=0)
+    x, y = synthetic_em(n=3, size=64, seed=1)
+    ds = make_train_dataset(x, y, batch_size=2, crop=32, seed=0)
     xb, yb = next(iter(ds))
     assert xb.shape == (2, 32, 32, 1) and yb.shape == (2, 32, 32, 1)
     assert set(np.unique(yb.numpy())) <= {0.0, 1.0}
@@ -127,16 +129,16 @@ def test_train_dataset_crop_keeps_alignment_and_binary():
 
 
 def test_train_dataset_resize_keeps_masks_binary():
-    x, y = data.synthetic_em(n=2, size=64, seed=2)
-    ds = data.make_train_dataset(x, y, batch_size=2, size=48, shuffle=False, repeat=False)
+    x, y = synthetic_em(n=2, size=64, seed=2)
+    ds = make_train_dataset(x, y, batch_size=2, size=48, shuffle=False, repeat=False)
     xb, yb = next(iter(ds))
     assert xb.shape == (2, 48, 48, 1)
     assert set(np.unique(yb.numpy())) == {0.0, 1.0}
 
 
 def test_train_dataset_size_equal_to_the_slices_passes_them_through_unchanged():
-    x, y = data.synthetic_em(n=2, size=64, seed=2)
-    ds = data.make_train_dataset(x, y, batch_size=2, size=64, shuffle=False, repeat=False)
+    x, y = synthetic_em(n=2, size=64, seed=2)
+    ds = make_train_dataset(x, y, batch_size=2, size=64, shuffle=False, repeat=False)
     xb, yb = next(iter(ds))
     np.testing.assert_array_equal(xb.numpy()[..., 0], x.astype(np.float32))
     np.testing.assert_array_equal(yb.numpy()[..., 0], y.astype(np.float32))
@@ -151,8 +153,6 @@ def test_real_isbi_files_have_the_documented_layout(real_data):
 
 
 def test_border_weight_map_matches_the_unet_formula_by_hand():
-    from em_keras.data.io import border_weight_map
-
     lab = np.ones((3, 7), np.uint8)
     lab[:, 3] = 0  # two cells, a 1-pixel membrane
     w = border_weight_map(lab, w0=10, sigma=5)
@@ -172,7 +172,6 @@ def test_border_weight_map_matches_the_unet_formula_by_hand():
 
 def test_train_dataset_carries_weights_through_crop_and_augmentation():
     from em_keras.data.augment import Augmenter
-    from em_keras.data.io import border_weight_map, make_train_dataset, synthetic_em
 
     images, labels = synthetic_em(n=3, size=64, seed=1)
     weights = np.stack([border_weight_map(lab) for lab in labels])
@@ -186,40 +185,20 @@ def test_train_dataset_carries_weights_through_crop_and_augmentation():
     assert set(np.unique(w)) <= set(np.unique(weights))
 
 
-def test_context_stack_by_hand_mirrors_at_both_ends():
-    v = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
-    got = data.context_stack(v, 1)
-    assert got.shape == (4, 2, 3, 3) and got.dtype == np.float32
-    np.testing.assert_array_equal(got[:, 1, 2], [[1, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 2]])
-    # neighbours come from the whole volume whichever slices are picked
-    np.testing.assert_array_equal(data.context_stack(v, 2, [0, 3])[:, 0, 0], [[2, 1, 0, 1, 2], [1, 2, 3, 2, 1]])
-    # a volume shorter than the context keeps reflecting (like np.pad mode="reflect")
-    np.testing.assert_array_equal(data.context_stack(v[:2], 2)[:, 0, 0], [[0, 1, 0, 1, 0], [1, 0, 1, 0, 1]])
-    np.testing.assert_array_equal(data.context_stack(v[:1], 1)[:, 0, 0], [[0, 0, 0]])
-    np.testing.assert_array_equal(data.context_stack(v, 0)[..., 0], v)
-
-
-@pytest.mark.parametrize("args, message", [
-    ((np.zeros((2, 4)), 1), "volume"), ((np.zeros((2, 4, 4)), -1), "--context"),
-    ((np.zeros((2, 4, 4)), 1.5), "--context"), ((np.zeros((2, 4, 4)), 1, [2]), "out of range"),
-])
-def test_context_stack_bad_input(args, message):
-    with pytest.raises(InputError, match=message):
-        data.context_stack(*args)
-
-
-def test_train_dataset_crops_every_context_channel_with_the_mask():
-    x, y = data.synthetic_em(n=3, size=64, seed=1)
-    ctx = data.context_stack(x, 1)  # channel 0: slice i-1, 1: slice i, 2: slice i+1
-    ds = data.make_train_dataset(ctx, y, batch_size=2, crop=32, seed=0)
+def test_train_dataset_crops_every_channel_with_the_mask():
+    x, y = synthetic_em(n=3, size=64, seed=1)
+    multi = np.stack([x, 1 - x, x ** 2], axis=-1)  # (N, H, W, 3): three channels per slice
+    ds = make_train_dataset(multi, y, batch_size=2, crop=32, seed=0)
     xb, yb = next(iter(ds))
     assert xb.shape == (2, 32, 32, 3) and yb.shape == (2, 32, 32, 1)
     for xi, yi in zip(xb.numpy(), yb.numpy()[..., 0]):
         hits = [(k, r, c) for k in range(3) for r in range(33) for c in range(33)
-                if np.array_equal(x[k, r:r + 32, c:c + 32], xi[..., 1])]
+                if np.array_equal(x[k, r:r + 32, c:c + 32], xi[..., 0])]
         assert len(hits) == 1
         k, r, c = hits[0]
         np.testing.assert_array_equal(yi, y[k, r:r + 32, c:c + 32])
-        np.testing.assert_array_equal(xi, ctx[k, r:r + 32, c:c + 32])  # the neighbours, same window
+        np.testing.assert_array_equal(xi, multi[k, r:r + 32, c:c + 32])  # every channel, same window
     with pytest.raises(InputError, match="do not match labels"):
-        data.make_train_dataset(ctx[:2], y, batch_size=2, crop=32)
+        make_train_dataset(multi[:2], y, batch_size=2, crop=32)
+    with pytest.raises(InputError, match="--crop 65 is larger"):
+        make_train_dataset(multi, y, crop=65)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import tifffile
 
-from em_keras.__main__ import main
+from em_keras.cli.main import main
 from em_keras.errors import run_cli
 from em_keras.models.unet import build_unet
 

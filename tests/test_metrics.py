@@ -1,6 +1,9 @@
-"""Tests for em_keras.metrics.isbi: pixel accuracies (numpy and Keras) and ISBI scores."""
+"""Tests for em_keras.metrics: pixel accuracies (NumPy and Keras) and the ISBI scores."""
 
 import math
+import os
+import subprocess
+import sys
 import time
 
 import keras
@@ -8,7 +11,9 @@ import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from em_keras.metrics import isbi as M
+from em_keras.metrics import isbi as I
+from em_keras.metrics import keras_metrics as K
+from em_keras.metrics import pixel as P
 from em_keras.errors import InputError
 
 # ---------------------------------------------------------------- numpy accuracies
@@ -25,13 +30,13 @@ P33 = np.array([[0.9, 0.6, 0.2], [0.5, 0.1, 0.7], [0.3, 0.4, 0.8]])
 
 
 def test_confusion_hand_computed():
-    assert M.confusion(Y33, P33) == {"tp": 2, "tn": 3, "fp": 2, "fn": 2}
+    assert P.confusion(Y33, P33) == {"tp": 2, "tn": 3, "fp": 2, "fn": 2}
     # Threshold is strict: at 0.45 the 0.5 pixel becomes cell (tp 3, fn 1).
-    assert M.confusion(Y33, P33, threshold=0.45) == {"tp": 3, "tn": 3, "fp": 2, "fn": 1}
+    assert P.confusion(Y33, P33, threshold=0.45) == {"tp": 3, "tn": 3, "fp": 2, "fn": 1}
 
 
 def test_accuracy_table_hand_computed():
-    t = M.accuracy_table(Y33, P33)
+    t = P.accuracy_table(Y33, P33)
     assert t["pixel_accuracy"] == pytest.approx((2 + 3) / 9)
     assert t["cell_accuracy"] == pytest.approx(2 / (2 + 2))
     assert t["membrane_accuracy"] == pytest.approx(3 / (3 + 2))
@@ -43,37 +48,37 @@ def test_accuracy_table_hand_computed():
 
 def test_accuracy_table_shapes_and_dtypes():
     bool_labels = Y33.astype(bool)[None, ..., None]  # (1, 3, 3, 1) vs (1, 3, 3)
-    t = M.accuracy_table(bool_labels, P33[None].astype("float32"))
+    t = P.accuracy_table(bool_labels, P33[None].astype("float32"))
     assert (t["tp"], t["tn"], t["fp"], t["fn"]) == (2, 3, 2, 2)
 
 
 def test_zero_denominators_give_zero():
-    t = M.accuracy_table(np.ones((2, 2)), np.ones((2, 2)))  # no membrane at all
+    t = P.accuracy_table(np.ones((2, 2)), np.ones((2, 2)))  # no membrane at all
     assert t["pixel_accuracy"] == 1.0 and t["cell_accuracy"] == 1.0
     assert t["membrane_accuracy"] == 0.0 and t["membrane_iou"] == 0.0
 
 
 def test_label_and_shape_errors():
     with pytest.raises(InputError, match="0 \\(membrane\\) / 1 \\(cell\\)"):
-        M.confusion(Y33 * 255, P33)
+        P.confusion(Y33 * 255, P33)
     with pytest.raises(InputError, match="does not match"):
-        M.confusion(Y33, P33[:2])
+        P.confusion(Y33, P33[:2])
 
 
 def test_format_table():
-    single = M.format_table({"pixel_accuracy": 0.5, "tp": 3})
+    single = P.format_table({"pixel_accuracy": 0.5, "tp": 3})
     assert single.splitlines() == [
         "metric          value",
         "pixel_accuracy 0.5000",
         "tp                  3",
     ]
-    several = M.format_table({"unet": {"a": 0.25}, "fcn": {"a": 1.0, "b": 2}})
+    several = P.format_table({"unet": {"a": 0.25}, "fcn": {"a": 1.0, "b": 2}})
     assert several.splitlines() == [
         "metric   unet    fcn",
         "a      0.2500 1.0000",
         "b           -      2",
     ]
-    listed = M.format_table([M.accuracy_table(Y33, P33), M.accuracy_table(Y33, P33)])
+    listed = P.format_table([P.accuracy_table(Y33, P33), P.accuracy_table(Y33, P33)])
     lines = listed.splitlines()
     assert lines[0].split() == ["metric", "0", "1"]
     assert len({len(l) for l in lines}) == 1  # aligned (numbers all 4 decimals/ints)
@@ -94,7 +99,7 @@ def _batches(n=3, seed=0):
 
 def test_keras_metrics_agree_with_numpy_over_batches():
     batches = _batches()
-    metrics = M.default_metrics()
+    metrics = K.default_metrics()
     assert [m.name for m in metrics] == [
         "pixel_accuracy", "cell_accuracy", "membrane_accuracy", "membrane_iou",
         "membrane_f1",
@@ -104,7 +109,7 @@ def test_keras_metrics_agree_with_numpy_over_batches():
             m.update_state(y, p)
     ys = np.concatenate([b[0] for b in batches])
     ps = np.concatenate([b[1] for b in batches])
-    want = M.accuracy_table(ys, ps)
+    want = P.accuracy_table(ys, ps)
     for m in metrics:
         # The counts are exact; the ratios are float32 results.
         counts = {k: float(getattr(m, k).numpy()) for k in ("tp", "tn", "fp", "fn")}
@@ -116,10 +121,10 @@ def test_keras_metrics_agree_with_numpy_over_batches():
 
 def test_keras_metrics_threshold_and_label_shape():
     y, p = _batches(1, seed=1)[0]
-    m = M.MembraneIoU(threshold=0.3)
+    m = K.MembraneIoU(threshold=0.3)
     m.update_state(y[..., 0], p)  # labels (B, H, W), predictions (B, H, W, 1)
     assert float(m.result()) == pytest.approx(
-        M.accuracy_table(y, p, threshold=0.3)["membrane_iou"], rel=1e-6
+        P.accuracy_table(y, p, threshold=0.3)["membrane_iou"], rel=1e-6
     )
 
 
@@ -127,21 +132,21 @@ def test_threshold_compared_in_float32_like_keras():
     # float32(0.3) == 0.30000001...: as a float64 comparison it would be > 0.3.
     y = np.array([[1.0], [0.0], [1.0]], "float32")
     p = np.array([[0.3], [0.3], [0.9]], "float32")
-    assert M.confusion(y, p, threshold=0.3) == {"tp": 1, "tn": 1, "fp": 0, "fn": 1}
-    m = M.CellAccuracy(threshold=0.3)
+    assert P.confusion(y, p, threshold=0.3) == {"tp": 1, "tn": 1, "fp": 0, "fn": 1}
+    m = K.CellAccuracy(threshold=0.3)
     m.update_state(y, p)
     assert float(m.result()) == 0.5
 
 
 def test_keras_metrics_sample_weight():
     y, p = _batches(1, seed=2)[0]
-    m = M.PixelAccuracy()
+    m = K.PixelAccuracy()
     m.update_state(y, p, sample_weight=np.array([1.0, 0.0]))  # second example ignored
-    assert float(m.result()) == pytest.approx(M.accuracy_table(y[:1], p[:1])["pixel_accuracy"])
+    assert float(m.result()) == pytest.approx(P.accuracy_table(y[:1], p[:1])["pixel_accuracy"])
 
 
-@pytest.mark.parametrize("cls", [M.PixelAccuracy, M.CellAccuracy, M.MembraneAccuracy,
-                                 M.MembraneIoU, M.MembraneF1])
+@pytest.mark.parametrize("cls", [K.PixelAccuracy, K.CellAccuracy, K.MembraneAccuracy,
+                                 K.MembraneIoU, K.MembraneF1])
 def test_keras_metric_serialization(cls):
     m = cls(threshold=0.25)
     config = keras.metrics.serialize(m)
@@ -153,7 +158,7 @@ def test_keras_metric_serialization(cls):
 
 
 def test_default_metrics_are_fresh():
-    a, b = M.default_metrics(), M.default_metrics(threshold=0.7)
+    a, b = K.default_metrics(), K.default_metrics(threshold=0.7)
     assert all(x is not y for x, y in zip(a, b))
     assert {m.threshold for m in b} == {0.7}
 
@@ -163,13 +168,13 @@ def test_model_with_metrics_saves_and_reloads(tmp_path):
     inputs = keras.Input((8, 8, 1))
     outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=M.default_metrics())
+    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=K.default_metrics())
     y, x = _batches(1, seed=3)[0]
     want = model.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")  # no custom_objects
     got = loaded.evaluate(x, y, batch_size=2, verbose=0, return_dict=True)
-    table = M.accuracy_table(y, _np(model(x)))
+    table = P.accuracy_table(y, _np(model(x)))
     for name in ("pixel_accuracy", "cell_accuracy", "membrane_iou", "membrane_f1"):
         assert got[name] == pytest.approx(want[name], rel=1e-6)
         assert got[name] == pytest.approx(table[name], rel=1e-6)
@@ -191,8 +196,8 @@ def test_perfect_segmentation_scores_one():
     lab = np.ones((32, 32), dtype=np.uint8)
     lab[:, [5, 6, 20]] = 0
     lab[[10, 25], :] = 0
-    for thinning in M.THINNING:
-        s = M.isbi_scores(lab, lab.astype(float), thinning=thinning)
+    for thinning in I.THINNING:
+        s = I.isbi_scores(lab, lab.astype(float), thinning=thinning)
         assert s["v_rand"] == pytest.approx(1.0, abs=1e-12)
         assert s["v_info"] == pytest.approx(1.0, abs=1e-12)
         np.testing.assert_allclose(s["v_rand_per_threshold"], 1.0, atol=1e-12)
@@ -200,7 +205,7 @@ def test_perfect_segmentation_scores_one():
         assert s["pixel_error"] == 0.0
     # Any probabilities on the right side of every threshold are perfect too.
     noisy = np.where(lab == 1, rng.uniform(0.95, 1.0, lab.shape), rng.uniform(0, 0.0, lab.shape))
-    r = M.isbi_evaluate(np.stack([lab, lab]), np.stack([noisy, noisy]))
+    r = I.isbi_evaluate(np.stack([lab, lab]), np.stack([noisy, noisy]))
     assert r["v_rand"] == pytest.approx(1.0) and r["v_info"] == pytest.approx(1.0)
     assert r["v_rand_per_slice"].shape == (2, 10)
 
@@ -216,8 +221,8 @@ def test_hand_computed_merge():
     prob[:, 3] = 0.9
     h_s = math.log(3)
     h_t = math.log(3) - 2 / 3 * math.log(2)
-    for thinning in M.THINNING:
-        s = M.isbi_scores(LAB3, prob, thresholds=[0.5], thinning=thinning)
+    for thinning in I.THINNING:
+        s = I.isbi_scores(LAB3, prob, thresholds=[0.5], thinning=thinning)
         assert s["v_rand"] == pytest.approx(3 / 4, abs=1e-12)
         assert s["v_info"] == pytest.approx(2 * h_t / (h_s + h_t), abs=1e-12)
     assert 2 * h_t / (h_s + h_t) == pytest.approx(0.733680, abs=1e-6)
@@ -236,7 +241,7 @@ def test_hand_computed_split_with_watershed_line():
     prob[:, 1] = 0.1
     h_t = math.log(6) / 3 + math.log(2) / 2 + math.log(18) / 6
     for thinning in ("watershed", "none"):
-        s = M.isbi_scores(lab, prob, thresholds=[0.5], thinning=thinning)
+        s = I.isbi_scores(lab, prob, thresholds=[0.5], thinning=thinning)
         assert s["v_rand"] == pytest.approx(17 / 22, abs=1e-12)
         assert s["v_info"] == pytest.approx(2 * math.log(2) / (math.log(2) + h_t), abs=1e-12)
     assert 2 * math.log(2) / (math.log(2) + h_t) == pytest.approx(0.654313, abs=1e-6)
@@ -249,11 +254,11 @@ def test_hand_computed_split_partition():
     # H(S) = ln 2, H(T) = 1.5 ln 2, I = ln 2 -> V_info = 2/2.5 = 0.8
     gt = np.repeat([[1] * 4, [2] * 4], 2, axis=0)
     prop = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 3, 3], [3, 3, 3, 3]])
-    v_rand, v_info = M._partition_scores(gt, prop)
+    v_rand, v_info = I.partition_scores(gt, prop)
     assert v_rand == pytest.approx(6 / 7, abs=1e-12)
     assert v_info == pytest.approx(0.8, abs=1e-12)
     # Swapping roles turns the split into a merge: same F-scores (symmetric).
-    assert M._partition_scores(prop, gt) == pytest.approx((v_rand, v_info), abs=1e-12)
+    assert I.partition_scores(prop, gt) == pytest.approx((v_rand, v_info), abs=1e-12)
 
 
 def _random_partitions(seed, shape=(40, 40)):
@@ -263,37 +268,69 @@ def _random_partitions(seed, shape=(40, 40)):
     return gt, prop  # gt 0 = background, proposal has no 0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_v_info_agrees_with_skimage(seed):
-    gt, prop = _random_partitions(seed)
-    # skimage: [H(prop|gt), H(gt|prop)] over gt-foreground pixels (log2).
+def _skimage_scores(gt, prop):
+    """V_info and V_rand from scikit-image's twins, on the ISBI definitions (see partition_scores).
+
+    skimage treats a proposal 0 as one segment: each such pixel gets an id of its own here, as
+    the ISBI scripts count it. ``ignore_labels=(0,)`` restricts both to the gt foreground.
+    Returns (v_info, v_rand with the self-pairs added back, 1 - adapted_rand_error).
+    """
+    prop = prop.copy()
+    zeros = prop == 0
+    prop[zeros] = prop.max() + 1 + np.arange(np.count_nonzero(zeros))
+    # [H(prop|gt), H(gt|prop)] over gt-foreground pixels; H(X | constant) = H(X).
     h_prop_gt, h_gt_prop = variation_of_information(gt, prop, ignore_labels=(0,))
-    fg = (gt > 0).astype(int)  # H(X | constant) = H(X) over the foreground
+    fg = (gt > 0).astype(int)
     h_gt = variation_of_information(fg, gt, ignore_labels=(0,))[0]
     h_prop = variation_of_information(fg, prop, ignore_labels=(0,))[0]
     mutual = h_gt - h_gt_prop
     assert mutual == pytest.approx(h_prop - h_prop_gt, abs=1e-12)
-    v_info = M._partition_scores(gt, prop)[1]
-    assert v_info == pytest.approx(2 * mutual / (h_gt + h_prop), abs=1e-12)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_v_rand_relates_exactly_to_skimage_adapted_rand(seed):
-    # skimage counts pixel pairs without self-pairs: sum n_ij^2 - N in the
-    # numerator and sum s_i^2 - N, sum t_j^2 - N in the denominators; V_rand
-    # (ISBI, N^2 normalisation) keeps them. Add the N back and they agree.
-    gt, prop = _random_partitions(seed)
+    v_info = 2 * mutual / (h_gt + h_prop)
+    # skimage counts pairs of distinct pixels: sum n_ij^2 - N over sum s_i^2 - N (precision) and
+    # sum t_j^2 - N (recall); V_rand keeps the N self-pairs. Add them back.
     are, prec, rec = adapted_rand_error(gt, prop, ignore_labels=(0,))
     sizes = np.bincount(gt[gt > 0])
-    n = sizes.sum()
-    s2 = float(sizes @ sizes)
-    pairs_ij = prec * (s2 - n)  # skimage's "precision" divides by the gt term
+    n, s2 = sizes.sum(), float(sizes @ sizes)
+    pairs_ij = prec * (s2 - n)
     pairs_t = pairs_ij / rec
     assert 1 - are == pytest.approx(pairs_ij / (0.5 * (s2 - n) + 0.5 * pairs_t), abs=1e-12)
-    v_rand = M._partition_scores(gt, prop)[0]
-    assert v_rand == pytest.approx((pairs_ij + n) / (0.5 * s2 + 0.5 * (pairs_t + n)), abs=1e-12)
-    # The two differ by O(1 / segment size) only.
-    assert abs(v_rand - (1 - are)) < 0.02
+    return v_info, (pairs_ij + n) / (0.5 * s2 + 0.5 * (pairs_t + n)), 1 - are
+
+
+def _with_unassigned(seed):
+    gt, prop = _random_partitions(seed)
+    rng = np.random.default_rng(seed + 10)
+    prop[rng.random(prop.shape) < 0.1] = 0  # watershed lines / unassigned pixels
+    return gt, prop
+
+
+@pytest.mark.parametrize("make", [_random_partitions, _with_unassigned], ids=["labelled", "with-zeros"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_partition_scores_agree_with_skimage(make, seed):
+    gt, prop = make(seed)
+    v_rand, v_info = I.partition_scores(gt, prop)
+    sk_info, sk_rand, sk_1_minus_are = _skimage_scores(gt, prop)
+    assert v_info == pytest.approx(sk_info, abs=1e-12)
+    assert v_rand == pytest.approx(sk_rand, abs=1e-12)
+    # V_rand and 1 - adapted_rand_error differ by O(1 / segment size) only.
+    assert abs(v_rand - sk_1_minus_are) < 0.02
+
+
+def test_partition_scores_coincide_with_skimage_on_identical_partitions():
+    gt, _ = _random_partitions(3)
+    assert I.partition_scores(gt, gt) == (1.0, 1.0)
+    assert adapted_rand_error(gt, gt, ignore_labels=(0,))[0] == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(variation_of_information(gt, gt, ignore_labels=(0,)), 0.0, atol=1e-12)
+    # Renumbering the proposal changes nothing.
+    assert I.partition_scores(gt, np.where(gt > 0, 10 - gt, 0)) == (1.0, 1.0)
+
+
+def test_partition_scores_bad_input_and_no_foreground():
+    with pytest.raises(InputError, match="shape"):
+        I.partition_scores(np.ones((2, 2), int), np.ones((2, 3), int))
+    with pytest.raises(InputError, match=">= 0"):
+        I.partition_scores(np.ones((2, 2), int), -np.ones((2, 2), int))
+    assert all(math.isnan(v) for v in I.partition_scores(np.zeros((2, 2), int), np.ones((2, 2), int)))
 
 
 def test_threshold_selection_picks_the_max():
@@ -304,7 +341,7 @@ def test_threshold_selection_picks_the_max():
     #       V_rand = 27 / (0.5*243 + 0.5*27) = 0.2;  V_info = 2 ln3/(ln3 + ln27) = 0.5
     prob = np.where(LAB3 == 1, 0.75, 0.0)
     prob[:, 3] = 0.35
-    s = M.isbi_scores(LAB3, prob)
+    s = I.isbi_scores(LAB3, prob)
     np.testing.assert_allclose(
         s["v_rand_per_threshold"], [0.75] * 4 + [1.0] * 4 + [0.2] * 2, atol=1e-12
     )
@@ -316,10 +353,10 @@ def test_threshold_selection_picks_the_max():
     # Second slice: cells 0.95, column 3 at 0.75 -> merged up to 0.7, perfect at 0.8+.
     prob2 = np.where(LAB3 == 1, 0.95, 0.0)
     prob2[:, 3] = 0.75
-    assert M.isbi_scores(LAB3, prob2)["v_rand_threshold"] == pytest.approx(0.8)
+    assert I.isbi_scores(LAB3, prob2)["v_rand_threshold"] == pytest.approx(0.8)
     # Mean over slices: 0.75 (t <= 0.3), 0.875 (0.4-0.7), 0.6 (0.8, 0.9):
     # the stack's threshold maximises the mean, not each slice.
-    r = M.isbi_evaluate(np.stack([LAB3, LAB3]), np.stack([prob, prob2]))
+    r = I.isbi_evaluate(np.stack([LAB3, LAB3]), np.stack([prob, prob2]))
     np.testing.assert_allclose(
         r["v_rand_per_threshold"], [0.75] * 4 + [0.875] * 4 + [0.6] * 2, atol=1e-12
     )
@@ -332,10 +369,10 @@ def test_pixel_error_is_one_minus_best_cell_f1():
     rng = np.random.default_rng(4)
     lab = (rng.random((2, 16, 16)) > 0.3).astype(np.uint8)
     prob = np.clip(lab * 0.6 + rng.normal(0, 0.3, lab.shape), 0, 1)
-    r = M.isbi_evaluate(lab, prob, thresholds=[0.2, 0.5, 0.8])
+    r = I.isbi_evaluate(lab, prob, thresholds=[0.2, 0.5, 0.8])
     f1 = []
     for t in (0.2, 0.5, 0.8):
-        c = M.confusion(lab, prob, threshold=t)
+        c = P.confusion(lab, prob, threshold=t)
         f1.append(2 * c["tp"] / (2 * c["tp"] + c["fp"] + c["fn"]))
     np.testing.assert_allclose(r["pixel_f1_per_threshold"], f1)
     assert r["pixel_error"] == pytest.approx(1 - max(f1))
@@ -343,13 +380,13 @@ def test_pixel_error_is_one_minus_best_cell_f1():
 
 def test_isbi_input_errors():
     with pytest.raises(InputError):
-        M.isbi_scores(LAB3 * 255, LAB3.astype(float))
+        I.isbi_scores(LAB3 * 255, LAB3.astype(float))
     with pytest.raises(InputError):
-        M.isbi_scores(LAB3, LAB3.astype(float), thinning="skeleton")
+        I.isbi_scores(LAB3, LAB3.astype(float), thinning="skeleton")
     with pytest.raises(InputError):
-        M.isbi_evaluate(LAB3[None], LAB3[None, :2].astype(float))
+        I.isbi_evaluate(LAB3[None], LAB3[None, :2].astype(float))
     with pytest.raises(InputError):
-        M.isbi_scores(LAB3, LAB3.astype(float), thresholds=[])
+        I.isbi_scores(LAB3, LAB3.astype(float), thresholds=[])
 
 
 def test_isbi_speed_512():
@@ -361,7 +398,7 @@ def test_isbi_speed_512():
     lab[rng.choice(512, 25, replace=False), :] = 0
     prob = np.clip(lab * 0.7 + rng.normal(0, 0.2, lab.shape), 0, 1)
     start = time.perf_counter()
-    s = M.isbi_scores(lab, prob)
+    s = I.isbi_scores(lab, prob)
     assert time.perf_counter() - start < 5.0
     assert 0.0 <= s["v_rand"] <= 1.0 and 0.0 <= s["v_info"] <= 1.0
 
@@ -400,4 +437,44 @@ def test_partition_scores_match_the_fiji_formulas(seed):
     gt = rng.integers(0, 6, size=(12, 12)).repeat(3, 0).repeat(3, 1)
     prop = rng.integers(0, 8, size=(9, 9)).repeat(4, 0).repeat(4, 1)  # 0 = unassigned pixels
     expected = _fiji_vrand_vinfo(gt, prop)
-    assert M._partition_scores(gt, prop) == pytest.approx(expected, abs=1e-12)
+    assert I.partition_scores(gt, prop) == pytest.approx(expected, abs=1e-12)
+
+
+def test_numpy_metrics_import_and_run_without_keras_or_tensorflow():
+    # evaluate must work where only NumPy, SciPy and scikit-image are installed.
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('keras', 'tensorflow'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "from em_keras.metrics import isbi, pixel\n"
+        "lab = np.ones((1, 6, 6), int); lab[:, :, 3] = 0\n"
+        "s = isbi.summary_scores(lab, lab * 0.8)\n"
+        "print(s['v_rand'], s['pixel_accuracy'], pixel.confusion(lab, lab * 0.8)['tp'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1.0", "1.0", "30"]
+
+
+def test_keras_file_reloads_in_a_fresh_process_after_importing_the_metrics(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+    model.compile(optimizer="sgd", loss="binary_crossentropy", metrics=K.default_metrics(threshold=0.3))
+    model.save(tmp_path / "m.keras")
+    code = (
+        "import sys, keras\n"
+        "import em_keras.metrics.keras_metrics\n"
+        "import numpy as np\n"
+        "m = keras.models.load_model(sys.argv[1])\n"
+        "x = np.full((1, 8, 8, 1), 0.5, 'float32')\n"
+        "print(*sorted(m.evaluate(x, np.round(x), verbose=0, return_dict=True)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.keras")], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["cell_accuracy", "loss", "membrane_accuracy", "membrane_f1", "membrane_iou",
+                                  "pixel_accuracy"]

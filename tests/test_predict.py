@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from em_keras.errors import InputError
-from em_keras.inference.predict import (calibrate_offset, load_model, model_channels, model_multiple, pad_to_multiple,
-                               parse_offset, predict_stack, shift_probs)
-from em_keras.training.loop import export_savedmodel
+from em_keras.inference.export import export_savedmodel
+from em_keras.inference.load import load_model, model_channels, model_multiple
+from em_keras.inference.offset import calibrate_offset, parse_offset, shift_probs
+from em_keras.inference.predict import pad_to_multiple, predict_stack
 from em_keras.models.unet import build_unet
 
 
@@ -30,7 +31,7 @@ def test_predict_stack_any_size_matches_direct_call():
 
 def test_keras_file_and_savedmodel_reproduce_in_memory_model(tmp_path):
     from em_keras.losses import BCEDiceLoss
-    from em_keras.metrics.isbi import default_metrics
+    from em_keras.metrics.keras_metrics import default_metrics
 
     m = build_unet(filters=4, depth=2, batch_norm=True)
     m.compile("adam", loss=BCEDiceLoss(), metrics=default_metrics())
@@ -59,7 +60,7 @@ def test_load_model_bad_input(tmp_path, name, message):
 
 from scipy import ndimage  # noqa: E402
 
-from em_keras.__main__ import predict_main  # noqa: E402
+from em_keras.cli.predict import main as predict_main  # noqa: E402
 from em_keras.errors import run_cli  # noqa: E402
 from em_keras.inference.predict import blend_window, tile_starts  # noqa: E402
 
@@ -381,7 +382,9 @@ def test_parse_offset_text_and_json(tmp_path):
     (tmp_path / "metrics.json").write_text('{"pixel_accuracy": 0.9, "offset": [0.5, 0.125]}')
     assert parse_offset(str(tmp_path / "metrics.json")) == (0.5, 0.125)
     (tmp_path / "none.json").write_text('{"pixel_accuracy": 0.9}')
+    assert parse_offset("4,-4") == (4.0, -4.0)  # the largest accepted
     for text, message in (("1", "two numbers"), ("a,b", "two numbers"), ("nan,0", "finite"),
+                          ("1e9,0", "more than 4 px"), ("0,-4.5", "more than 4 px"),
                           (str(tmp_path / "none.json"), "no 'offset'"), (str(tmp_path / "x.json"), "no such file")):
         with pytest.raises(InputError, match=message):
             parse_offset(text)
@@ -401,12 +404,32 @@ def test_cli_predict_offset_shifts_the_output(cli_files, capsys):
     assert not np.allclose(np.load(d / "s.npy"), plain, atol=1e-4)
 
 
+def test_offsets_beyond_a_few_pixels_are_refused(cli_files, tmp_path, capsys):
+    # --offset 1e9,0 once smeared the whole map into its edge values
+    d = cli_files
+    argv = ["--model", str(d / "m.keras"), "--images", str(d / "x.tif"), "--out", str(tmp_path / "p.npy"),
+            "--offset", "1e9,0"]
+    assert run_cli(predict_main, argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --offset 1e9,0: an offset of more than 4 px is not a label offset " \
+                  "(measured ones are below 1 px)\n"
+    assert not (tmp_path / "p.npy").exists()
+    (tmp_path / "metrics.json").write_text('{"offset": [12, 0]}')
+    with pytest.raises(InputError, match="more than 4 px"):
+        parse_offset(str(tmp_path / "metrics.json"))
+    from em_keras.inference.offset import recorded_offset
+
+    (tmp_path / "last.keras").write_bytes(b"")
+    with pytest.raises(InputError, match="metrics.json: an offset of more than 4 px"):
+        recorded_offset(str(tmp_path / "last.keras"))
+
+
 def test_cli_calibrate_prints_and_writes_the_offset(tmp_path, capsys):
     import json
 
     import tifffile
 
-    from em_keras.__main__ import main as em_main
+    from em_keras.cli.main import main as em_main
 
     field = _smooth_field((3, 48, 48))
     tifffile.imwrite(tmp_path / "labels.tif", np.where(shift_probs(field, (-0.5, 0.25)) > 0.5, 255, 0).astype(np.uint8))
@@ -420,94 +443,20 @@ def test_cli_calibrate_prints_and_writes_the_offset(tmp_path, capsys):
     assert saved["offset"] == [-0.5, 0.25] and saved["accuracy"] > saved["accuracy_unshifted"]
 
 
-# --------------------------------------------------------------------------- 2.5D (context) models
+# --------------------------------------------------------------------------- input checks
 
 
-def _context_conv(kernels):
-    """sigmoid(sum over channels c of correlate(x_c, kernels[c])): a model with len(kernels) channels."""
-    kernels = np.asarray(kernels, np.float32)
-    inp = keras.Input((None, None, len(kernels)))
-    conv = keras.layers.Conv2D(1, kernels.shape[1:], padding="same", use_bias=False, activation="sigmoid")
-    m = keras.Model(inp, conv(inp))
-    conv.set_weights([np.moveaxis(kernels, 0, -1)[..., None]])
-    return m
+def _multi_channel_conv(channels):
+    inp = keras.Input((None, None, channels))
+    return keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(inp))
 
 
-def _np_context_conv(vol, kernels, indices):
-    """Reference in scipy: channel c of slice i is slice i + c - k, mirrored at the ends of ``vol``."""
-    n, k = len(vol), len(kernels) // 2
-    out = []
-    for i in indices:
-        z = sum(ndimage.correlate(vol[np.pad(np.arange(n), k, mode="reflect")[i + c]].astype(np.float64),
-                                  kern, mode="constant") for c, kern in enumerate(kernels))
-        out.append(_sigmoid(z))
-    return np.stack(out)
-
-
-@pytest.mark.parametrize("kw", [{}, dict(tta=True), dict(tile=16, overlap=4, batch_size=3),
-                                dict(tta=True, tile=16, overlap=4)])
-def test_context_model_sees_the_neighbouring_slices(kw):
-    kernels = np.random.default_rng(6).normal(0, 1.5, (3, 3, 3))
-    vol = np.random.default_rng(7).random((4, 24, 28)).astype(np.float32)
-    m = _context_conv(kernels)
-    assert model_channels(m) == 3 and model_channels(build_unet(filters=4, depth=2)) == 1
-    got = predict_stack(m, vol, multiple=1, indices=[0, 2, 3], **kw)
-    assert got.shape == (3, 24, 28) and got.dtype == np.float32
-    if kw.get("tta"):  # the dihedral orbit of each channel's kernel, as in the 1-channel TTA test
-        orbits = [_orbit(k) for k in kernels]
-        expected = np.mean([_np_context_conv(vol, [o[j] for o in orbits], [0, 2, 3]) for j in range(8)], axis=0)
-    else:
-        expected = _np_context_conv(vol, kernels, [0, 2, 3])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    # the slice alone (the neighbours replaced by it) gives something else
-    alone = _np_context_conv(vol, kernels.sum(axis=0, keepdims=True), [0, 2, 3])
-    assert np.abs(predict_stack(m, vol, multiple=1, indices=[0, 2, 3]) - alone).max() > 1e-2
-
-
-def test_tta_z_averages_both_orders_of_the_neighbours(tmp_path):
-    import tifffile
-
-    # a model that outputs the previous slice: with tta_z, the mean of the previous and the next one
-    inp = keras.Input((None, None, 3))
-    m = keras.Model(inp, keras.layers.Lambda(lambda x: x[..., :1])(inp))
-    vol = np.random.default_rng(10).random((5, 8, 12)).astype(np.float32)
-    np.testing.assert_array_equal(predict_stack(m, vol, multiple=1, indices=[2]), vol[[1]])
-    np.testing.assert_allclose(predict_stack(m, vol, multiple=1, indices=[1, 2], tta=True), vol[[0, 1]],
-                               atol=1e-6)
-    both = (vol[[0, 1]] + vol[[2, 3]]) / 2
-    np.testing.assert_allclose(predict_stack(m, vol, multiple=1, indices=[1, 2], tta=True, tta_z=True), both,
-                               atol=1e-6)
-    # the CLI flag (a Lambda layer does not reload, so a SavedModel carries it)
-    export_savedmodel(m, str(tmp_path / "sm"))
-    tifffile.imwrite(tmp_path / "v.tif", vol)
-    argv = ["--model", str(tmp_path / "sm"), "--images", str(tmp_path / "v.tif"), "--slices", "1-2",
-            "--multiple", "1", "--tta", "--tta-z", "--out", str(tmp_path / "p.npy")]
-    assert run_cli(predict_main, argv) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), both, atol=1e-6)
-    with pytest.raises(InputError, match="--tta-z needs --tta"):
-        predict_main([a for a in argv if a != "--tta"])
-
-
-def test_context_model_in_a_savedmodel_and_on_the_cli(tmp_path, capsys):
-    import tifffile
-
-    m = _context_conv(np.random.default_rng(8).normal(0, 1.5, (5, 3, 3)))
-    vol = np.random.default_rng(9).random((6, 16, 20)).astype(np.float32)
-    export_savedmodel(m, str(tmp_path / "sm"))
-    sm = load_model(str(tmp_path / "sm"))
-    assert model_channels(sm) == 5
-    ref = predict_stack(m, vol, multiple=1, indices=[4, 5])
-    np.testing.assert_allclose(predict_stack(sm, vol, multiple=1, indices=[4, 5]), ref, atol=1e-6)
-    m.save(tmp_path / "m.keras")
-    tifffile.imwrite(tmp_path / "v.tif", vol)
-    assert run_cli(predict_main, ["--model", str(tmp_path / "m.keras"), "--images", str(tmp_path / "v.tif"),
-                                  "--slices", "4-5", "--multiple", "1", "--out", str(tmp_path / "p.npy")]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), ref, atol=1e-6)
-
-
-def test_even_channel_models_are_refused():
-    with pytest.raises(InputError, match="2 channels"):
-        predict_stack(_context_conv(np.ones((2, 1, 1))), np.zeros((3, 8, 8), np.float32), multiple=1)
+@pytest.mark.parametrize("channels", [2, 3])
+def test_models_with_more_than_one_channel_are_refused(channels):
+    m = _multi_channel_conv(channels)
+    assert model_channels(m) == channels and model_channels(build_unet(filters=4, depth=2)) == 1
+    with pytest.raises(InputError, match=f"{channels} input channels"):
+        predict_stack(m, np.zeros((3, 8, 8), np.float32), multiple=1)
 
 
 def test_indices_pick_slices_of_a_one_channel_model_and_are_checked():
@@ -527,7 +476,7 @@ def test_savedmodel_and_last_keras_carry_the_offset_to_predict(tmp_path, capsys)
 
     import tifffile
 
-    from em_keras.inference.predict import RECORD_DIR, RECORD_FILE, recorded_offset
+    from em_keras.inference.offset import RECORD_DIR, RECORD_FILE, recorded_offset
 
     m = _fixed_conv(np.random.default_rng(11).normal(0, 1.5, (3, 3)))
     x = np.random.default_rng(12).random((2, 16, 20)).astype(np.float32)
@@ -539,18 +488,18 @@ def test_savedmodel_and_last_keras_carry_the_offset_to_predict(tmp_path, capsys)
     m.save(run / "last.keras")
     (run / "metrics.json").write_text(json.dumps({"checkpoint": "last", "offset": [0.5, -1.0]}))
     m.save(run / "best.keras")  # another checkpoint: the run's offset is not claimed for it
-    assert json.loads((tmp_path / "sm" / RECORD_DIR / RECORD_FILE).read_text()) == {"offset": [-0.625, 0.25]}
+    assert json.loads((tmp_path / "sm" / RECORD_DIR / RECORD_FILE).read_text()) == {"stride": 32,
+                                                                                    "offset": [-0.625, 0.25]}
     assert recorded_offset(str(tmp_path / "sm")) == (-0.625, 0.25)
     assert recorded_offset(str(run / "last.keras")) == (0.5, -1.0)
     assert recorded_offset(str(tmp_path / "sm0")) is None and recorded_offset(str(run / "best.keras")) is None
 
-    plain = predict_stack(m, x, multiple=1)
+    plain = predict_stack(m, x)  # padded to 32, the stride a model without pooling is given
 
     def cli(*models, extra=()):
         args = [a for p in models for a in ("--model", str(p))]
         out = tmp_path / "p.npy"
-        assert run_cli(predict_main, args + ["--images", str(tmp_path / "x.tif"), "--multiple", "1",
-                                             "--out", str(out), *extra]) == 0
+        assert run_cli(predict_main, args + ["--images", str(tmp_path / "x.tif"), "--out", str(out), *extra]) == 0
         return np.load(out)
 
     np.testing.assert_allclose(cli(tmp_path / "sm"), shift_probs(plain, (-0.625, 0.25)), atol=1e-6)

@@ -122,10 +122,10 @@ def test_disable_onednn_asks_for_eigen_unless_decided():
 
 _FCN_MAIN = """
     import os
-    from em_keras.training.loop import MODELS, main
-    assert MODELS["fcn"]["onednn"] is False and MODELS["unet"]["onednn"] is True
+    from em_keras.cli.train import EIGEN_MODELS, main
+    assert EIGEN_MODELS == {"fcn"}
     try:
-        main(["--help"], model="fcn")
+        main(["fcn", "--help"])
     except SystemExit:
         pass
     print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))

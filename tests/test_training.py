@@ -18,12 +18,17 @@ import keras
 import numpy as np
 import pytest
 import tifffile
+from conftest import write_synthetic_stack
 
-from em_keras.training import loop as training
 from em_keras.atomic import atomic_dir, atomic_path
-from em_keras.data.io import synthetic_em
+from em_keras.cli.train import config_from_argv
+from em_keras.cli.train import main as train_main
+from em_keras.config import PRESETS, TrainConfig, resolve_config
 from em_keras.errors import InputError, TrainingError, run_cli
-from em_keras.training.loop import TrainConfig, read_backup, train, truncate_history
+from em_keras.training import callbacks
+from em_keras.training.callbacks import read_backup, truncate_history
+from em_keras.training.distribute import make_strategy, weights_digest
+from em_keras.training.loop import make_augmenter, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 15  # steps per epoch of the shared run and of the reproducibility run
@@ -31,11 +36,7 @@ STEPS = 15  # steps per epoch of the shared run and of the reproducibility run
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    d = tmp_path_factory.mktemp("stack")
-    images, labels = synthetic_em(n=6, size=32, seed=3)
-    tifffile.imwrite(d / "train-volume.tif", (images * 255).astype(np.uint8))
-    tifffile.imwrite(d / "train-labels.tif", (labels * 255).astype(np.uint8))
-    return d
+    return write_synthetic_stack(tmp_path_factory.mktemp("stack"))[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,10 +61,10 @@ def history_epochs(out):
 
 
 def load(path):
-    from em_keras import losses
-    from em_keras.metrics import isbi as metrics  # noqa: F401  (importing them registers em_keras's objects)
+    import em_keras.losses  # noqa: F401  (importing them registers em_keras's objects,
+    import em_keras.metrics.keras_metrics  # noqa: F401  so no custom_objects are needed)
 
-    return keras.saving.load_model(str(path))  # so no custom_objects are needed
+    return keras.saving.load_model(str(path))
 
 
 def leftovers(out):
@@ -148,7 +149,8 @@ def test_saved_model_serves_float32_nhw1_like_last_keras(run):
     out, _, _ = run
     x = read_stack(json.loads((out / "run.json").read_text())["data"])[5:6, :, :, None]  # held-out slice
     loaded = tf.saved_model.load(str(out / "saved_model"))  # keep it referenced while serving
-    served = np.asarray(loaded.serve(tf.constant(x, tf.float32)))
+    served = loaded.serve(tf.constant(x, tf.float32))
+    served = np.asarray(served["p_cell"] if isinstance(served, dict) else served)
     assert served.dtype == np.float32 and served.shape == (1, 32, 32, 1)
     last = load(out / "last.keras")
     np.testing.assert_allclose(served, last.predict(x, verbose=0), atol=1e-6)
@@ -211,9 +213,9 @@ def test_nan_stops_with_epoch_step_and_lr_then_resumes_with_lower_lr(stack, tmp_
 
 
 def test_too_high_lr_exits_3_with_one_line(stack, tmp_path, capsys):
-    argv = ["--data", str(stack), "--out", str(tmp_path / "lr"), "--filters", "4", "--depth", "2", "--crop", "32",
-            "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--lr", "1e30", "--verbose", "0"]
-    assert run_cli(training.main, argv) == 3
+    argv = ["unet", "--data", str(stack), "--out", str(tmp_path / "lr"), "--filters", "4", "--depth", "2",
+            "--crop", "32", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--lr", "1e30"]
+    assert run_cli(train_main, argv) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("training failed: ")
     assert "epoch 1, step " in err and "--lr 1e+30" in err and "no checkpoint" in err
@@ -227,9 +229,11 @@ def test_too_high_lr_exits_3_with_one_line(stack, tmp_path, capsys):
 def test_kill_9_mid_epoch_then_resume(stack, tmp_path):
     out = tmp_path / "killed"
     epochs, steps = 3, 40
+    quiet = tmp_path / "quiet.json"
+    quiet.write_text('{"verbose": 0}')
     cmd = [sys.executable, "train_unet.py", "--data", str(stack), "--out", str(out), "--filters", "4",
            "--depth", "2", "--crop", "32", "--batch-size", "2", "--epochs", str(epochs),
-           "--steps-per-epoch", str(steps), "--verbose", "0"]
+           "--steps-per-epoch", str(steps), "--config", str(quiet)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
@@ -287,7 +291,7 @@ def _tiny_dense():
 
 
 def test_backup_is_atomic_and_falls_back_to_the_previous_state(tmp_path):
-    cls = training._callback_classes()["SafeBackupAndRestore"]
+    cls = callbacks.SafeBackupAndRestore
     x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
     backup = str(tmp_path / "backup")
     model = _tiny_dense()
@@ -347,14 +351,16 @@ def test_multiworker_two_cpu_workers_end_with_identical_weights(stack, tmp_path)
     import re
 
     cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"tta": false, "verbose": 0}')
     procs = []
     for i in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
         cmd = [sys.executable, os.path.join(ROOT, "train_unet.py"), "--data", str(stack), "--val-slices", "4-5",
                "--filters", "4", "--depth", "2", "--crop", "32", "--batch-size", "2", "--epochs", "2",
-               "--steps-per-epoch", "3", "--no-tta", "--strategy", "multiworker", "--seed", str(i),
-               "--out", str(tmp_path / f"w{i}"), "--verbose", "0"]
+               "--steps-per-epoch", "3", "--config", str(settings), "--strategy", "multiworker", "--seed", str(i),
+               "--out", str(tmp_path / f"w{i}")]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -369,9 +375,9 @@ def test_multiworker_two_cpu_workers_end_with_identical_weights(stack, tmp_path)
     # Only the chief writes; its checkpoint holds the shared final weights.
     assert not (tmp_path / "w1").exists()
     chief = tmp_path / "w0"
-    from em_keras.inference.predict import load_keras_file
+    from em_keras.inference.load import load_keras_file
 
-    assert training.weights_digest(load_keras_file(str(chief / "last.keras"))) == found[0].group(1)
+    assert weights_digest(load_keras_file(str(chief / "last.keras"))) == found[0].group(1)
     run_info = json.loads((chief / "run.json").read_text())
     assert run_info["status"] == "done"
     assert run_info["strategy"] == {"name": "multiworker", "replicas": 2, "global_batch_size": 4}
@@ -390,12 +396,12 @@ def test_mirrored_strategy_trains_on_one_cpu_replica(stack, tmp_path):
 def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(InputError, match="needs \\$TF_CONFIG"):
-        training.make_strategy("multiworker")
+        make_strategy("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(InputError, match="TF_CONFIG: expected JSON"):
-        training.make_strategy("multiworker")
+        make_strategy("multiworker")
     with pytest.raises(InputError, match="--strategy must be one of"):
-        training.make_strategy("tpu")
+        make_strategy("tpu")
 
 
 def test_border_weight_run_uses_weight_maps(stack, tmp_path):
@@ -405,93 +411,42 @@ def test_border_weight_run_uses_weight_maps(stack, tmp_path):
     train(cfg, log=lines.append)
     assert any(line.startswith("border weight maps (w0 10, sigma 5)") for line in lines)
     assert json.loads((tmp_path / "bw" / "run.json").read_text())["config"]["border_weight"] == 10.0
-    with pytest.raises(InputError, match="--border-weight must be >= 0"):
-        training.resolve_config(TrainConfig(border_weight=-1.0, out=str(tmp_path / "x")))
+    with pytest.raises(InputError, match=r"border_weight must be in \[0, inf\), got -1"):
+        resolve_config(TrainConfig(border_weight=-1.0, out=str(tmp_path / "x")))
 
 
 @pytest.mark.parametrize("model, loss", [("unetpp", None), ("unet", "dice"), ("unet", "bce_sum")])
 def test_border_weight_needs_a_per_pixel_loss(model, loss, tmp_path):
     cfg = TrainConfig(model=model, border_weight=10.0, loss=loss, out=str(tmp_path / "x"))
-    with pytest.raises(InputError, match="--border-weight .* needs a per-pixel loss .*bce or focal"):
-        training.resolve_config(cfg)
+    with pytest.raises(InputError, match="border_weight .* needs a per-pixel loss .*bce or focal"):
+        resolve_config(cfg)
     assert not os.path.exists(tmp_path / "x")
     for ok in ("bce", "focal"):
-        assert training.resolve_config(dataclasses.replace(cfg, loss=ok)).loss == ok
-
-
-def test_no_affine_keeps_only_exact_flips_and_quarter_turns():
-    import tensorflow as tf
-
-    x = np.random.default_rng(0).random((8, 32, 32, 1)).astype("float32")
-    m = (x > 0.5).astype("float32")
-
-    def dihedral_only(aug):
-        out, mask = aug(tf.constant(x), tf.constant(m), seed=[3, 4])
-        out, mask = np.asarray(out), np.asarray(mask)
-        exact = [any(np.array_equal(o, np.rot90(f, k)) for f in (xi, xi[:, ::-1]) for k in range(4))
-                 for o, xi in zip(out, x)]
-        if all(exact):  # then the mask went through the same flips and turns
-            assert np.array_equal(mask, (out > 0.5).astype("float32"))
-        return all(exact)
-
-    plain = training.resolve_config(TrainConfig(model="unet", preset="cpu"))
-    assert plain.affine is True
-    assert not dihedral_only(training.make_augmenter(plain))
-    off = training.resolve_config(TrainConfig(model="unet", preset="cpu", affine=False, brightness=0.0,
-                                              contrast=0.0))
-    aug = training.make_augmenter(off)
-    assert (aug.rotation_range, aug.shear_range, aug.zoom_range) == (0.0, 0.0, 0.0)
-    assert aug.rot90 and aug.horizontal_flip and aug.vertical_flip
-    assert dihedral_only(aug)
-    assert training.make_augmenter(training.resolve_config(
-        TrainConfig(model="unet", preset="cpu", augment=False))) is None
-    args = training.build_parser("unet").parse_args(["--no-affine", "--out", "x"])
-    assert training.config_from_args(args, "unet").affine is False
+        assert resolve_config(dataclasses.replace(cfg, loss=ok)).loss == ok
 
 
 def test_brightness_and_contrast_reach_the_augmenter():
     for model in ("unet", "unetpp", "fcn"):
-        for preset in training.PRESETS[model]:
+        for preset in PRESETS[model]:
             cfg = TrainConfig(model=model, preset=preset, backbone_weights="none")
-            aug = training.make_augmenter(training.resolve_config(cfg))
-            on = preset == "cpu" and model in ("unet", "unetpp")  # measured there (docs/RESULTS.md)
+            aug = make_augmenter(resolve_config(cfg))
+            on = preset == "cpu" and model in ("unet", "unetpp")  # measured there (docs/presets.md)
             assert (aug.brightness, aug.contrast) == ((0.2, 0.4) if on else (0.0, 0.0))
-    args = training.build_parser("unet").parse_args(["--brightness", "0.1", "--contrast", "0.2",
-                                                     "--no-affine", "--out", "x"])
-    cfg = training.resolve_config(training.config_from_args(args, "unet"))
-    aug = training.make_augmenter(cfg)
-    assert (aug.brightness, aug.contrast, aug.rotation_range) == (0.1, 0.2, 0.0)
-    args = training.build_parser("unet").parse_args(["--brightness", "0", "--contrast", "0", "--out", "x"])
-    aug = training.make_augmenter(training.resolve_config(training.config_from_args(args, "unet")))
+    cfg, _ = config_from_argv("unet", ["--brightness", "0.1", "--contrast", "0.2", "--out", "x"])
+    aug = make_augmenter(resolve_config(cfg))
+    assert (aug.brightness, aug.contrast) == (0.1, 0.2) and aug.rotation_range > 0
+    cfg, _ = config_from_argv("unet", ["--brightness", "0", "--contrast", "0", "--out", "x"])
+    aug = make_augmenter(resolve_config(cfg))
     assert (aug.brightness, aug.contrast) == (0.0, 0.0)  # the preset's values can be switched off
-
-
-def test_memorised_note_fires_only_above_the_gap():
-    assert training.memorised_note(0.9316, 0.9292) is None  # a 6,000-step cpu-preset run
-    assert training.memorised_note(0.94, 0.925) is None  # within the gap of 0.02
-    note = training.memorised_note(0.9684, 0.9271)  # the 32-filter GPU run (docs/RESULTS.md)
-    assert note.startswith("note: the model scores 0.9684 on the training slices against 0.9271 held out")
-    assert "--offset" in note
-    assert training.memorised_note(0.95, 0.94, gap=0.005) is not None
-
-
-@pytest.mark.parametrize("train_accuracy, noted", [(1.0, True), (0.0, False)])
-def test_training_warns_when_the_offset_comes_from_memorised_slices(stack, tmp_path, monkeypatch,
-                                                                    train_accuracy, noted):
-    import em_keras.inference.predict as predict_mod
-
-    monkeypatch.setattr(predict_mod, "calibrate_offset", lambda labels, probs, threshold=0.5, **kw: {
-        "offset": (0.0, 0.0), "accuracy": train_accuracy, "accuracy_unshifted": train_accuracy})
-    lines = []
-    result = train(tiny(stack, tmp_path / "m", val_slices="4-5", epochs=1, steps_per_epoch=1), log=lines.append)
-    assert result["without_offset"]["pixel_accuracy"] < 0.98  # so 1.0 on the training slices is memorised
-    assert any(line.startswith("note: the model scores") for line in lines) is noted
+    cfg, _ = config_from_argv("unet", ["--no-augment", "--out", "x"])
+    assert make_augmenter(resolve_config(cfg)) is None
 
 
 def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_path, monkeypatch):
-    import em_keras.inference.predict as predict_mod
+    import em_keras.inference.offset as offset_mod
     from em_keras.data.io import read_stack
-    from em_keras.inference.predict import predict_stack, shift_probs
+    from em_keras.inference.offset import recorded_offset, shift_probs
+    from em_keras.inference.predict import predict_stack
 
     seen = {}
 
@@ -499,7 +454,7 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
         seen["shapes"] = (np.shape(labels), np.shape(probs))
         return {"offset": (0.5, -0.25), "accuracy": 0.9, "accuracy_unshifted": 0.8}
 
-    monkeypatch.setattr(predict_mod, "calibrate_offset", fixed)
+    monkeypatch.setattr(offset_mod, "calibrate_offset", fixed)
     out = tmp_path / "cal"
     lines = []
     result = train(tiny(stack, out, val_slices="4-5", epochs=1, steps_per_epoch=2), log=lines.append)
@@ -517,61 +472,10 @@ def test_calibrated_offset_is_applied_to_held_out_probs_and_recorded(stack, tmp_
     off = train(tiny(stack, tmp_path / "nocal", val_slices="4-5", epochs=1, steps_per_epoch=1,
                      calibrate_offset=False), log=lambda *a: None)
     assert not {"offset", "offset_calibration", "without_offset"} & set(off)
-    from em_keras.inference.predict import recorded_offset
-
     assert recorded_offset(str(out / "saved_model")) == (0.5, -0.25)  # travels with the export
     assert recorded_offset(str(out / "last.keras")) == (0.5, -0.25)
     assert recorded_offset(str(tmp_path / "nocal" / "saved_model")) is None
-    assert training.resolve_config(TrainConfig(preset="paper")).calibrate_offset is False
-    assert training.resolve_config(TrainConfig(preset="cpu")).calibrate_offset is True
+    assert resolve_config(TrainConfig(preset="paper")).calibrate_offset is False
+    assert resolve_config(TrainConfig(preset="cpu")).calibrate_offset is True
 
 
-def test_context_run_trains_predicts_and_exports_2k_plus_1_channels(stack, tmp_path):
-    import tensorflow as tf
-
-    from em_keras.data.io import context_stack, read_stack
-    from em_keras.inference.predict import predict_stack
-
-    out = tmp_path / "ctx"
-    lines = []
-    result = train(tiny(stack, out, context=1, epochs=1, val_slices="4-5", calibrate_offset=False),
-                   log=lines.append)
-    assert any(line.startswith("2.5D input: each slice with 1 neighbour(s) on either side, 3 channels")
-               for line in lines)
-    last = load(out / "last.keras")
-    assert last.input_shape == (None, None, None, 3)
-    vol = read_stack(str(stack / "train-volume.tif"))
-    # held-out slice 5 is the last: its "next" neighbour is slice 4 mirrored
-    expected = predict_stack(last, vol, multiple=4, tta=True, indices=[4, 5])
-    np.testing.assert_allclose(np.load(out / "probs.npy"), expected, rtol=0, atol=1e-6)
-    assert result["held_out_slices"] == [4, 5]
-    loaded = tf.saved_model.load(str(out / "saved_model"))
-    x = context_stack(vol, 1, [5])
-    np.testing.assert_allclose(np.asarray(loaded.serve(tf.constant(x))), last.predict(x, verbose=0), atol=1e-6)
-    assert json.loads((out / "run.json").read_text())["config"]["context"] == 1
-
-
-def test_context_flag_defaults_and_checks():
-    for model in ("unet", "unetpp", "fcn"):
-        for preset in training.PRESETS[model]:
-            cfg = TrainConfig(model=model, preset=preset, backbone_weights="none")
-            assert training.resolve_config(cfg).context == 0
-    args = training.build_parser("unet").parse_args(["--context", "2", "--out", "x"])
-    cfg = training.resolve_config(training.config_from_args(args, "unet"))
-    assert cfg.context == 2 and training.build_model(cfg).input_shape == (None, None, None, 5)
-    assert training.make_augmenter(cfg).z_flip is True
-    assert training.make_augmenter(training.resolve_config(TrainConfig())).z_flip is False
-    args = training.build_parser("unetpp").parse_args(["--context", "1", "--out", "x"])
-    cfg = training.resolve_config(training.config_from_args(args, "unetpp"))
-    assert training.build_model(cfg).input_shape == (None, None, None, 3)
-    with pytest.raises(InputError, match="--context must be an integer >= 0"):
-        training.resolve_config(TrainConfig(context=-1))
-    with pytest.raises(InputError, match="FCN takes one channel"):
-        training.resolve_config(TrainConfig(model="fcn", context=1, backbone_weights="none"))
-
-
-def test_training_context_never_uses_a_held_out_image():
-    vol = np.arange(8, dtype=np.float32)[:, None, None] * np.ones((8, 2, 2), np.float32)
-    got = training._training_context(vol, [0, 1, 2, 5, 6, 7], 1)[:, 0, 0]  # 3 and 4 held out
-    np.testing.assert_array_equal(got, [[1, 0, 1], [0, 1, 2], [1, 2, 1], [6, 5, 6], [5, 6, 7], [6, 7, 6]])
-    np.testing.assert_array_equal(training._training_context(vol, [0, 1, 2, 3], 2)[..., 2], vol[:4])

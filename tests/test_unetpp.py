@@ -99,7 +99,8 @@ def test_keras_round_trip_identical_outputs(ds_model, tmp_path):
 
 
 def test_predict_load_model_averages_a_multi_output_checkpoint(ds_model, tmp_path):
-    from em_keras.inference.predict import load_model, predict_stack
+    from em_keras.inference.load import load_model
+    from em_keras.inference.predict import predict_stack
 
     path = tmp_path / "ds.keras"
     ds_model.save(path)
@@ -110,16 +111,18 @@ def test_predict_load_model_averages_a_multi_output_checkpoint(ds_model, tmp_pat
 
 
 def test_cli_flags_and_presets(tmp_path):
+    from em_keras.cli.train import config_from_argv
+    from em_keras.config import PRESETS, TrainConfig, resolve_config
     from em_keras.errors import InputError
-    from em_keras.training.loop import PRESETS, TrainConfig, build_parser, config_from_args, resolve_config
 
     assert {"paper", "cpu"} <= set(PRESETS["unetpp"])
-    args = build_parser("unetpp").parse_args(["--no-deep-supervision", "--ds-predict", "last", "--depth", "3",
-                                              "--out", str(tmp_path / "o")])
-    cfg = resolve_config(config_from_args(args, "unetpp"))
-    assert (cfg.deep_supervision, cfg.ds_predict, cfg.depth, cfg.loss) == (False, "last", 3, "bce_dice")
+    (tmp_path / "c.json").write_text('{"ds_predict": "mean"}')
+    cfg, _ = config_from_argv("unetpp", ["--no-deep-supervision", "--config", str(tmp_path / "c.json"),
+                                         "--depth", "3", "--out", str(tmp_path / "o")])
+    cfg = resolve_config(cfg)
+    assert (cfg.deep_supervision, cfg.ds_predict, cfg.depth, cfg.loss) == (False, "mean", 3, "bce_dice")
     assert resolve_config(TrainConfig(model="unetpp")).deep_supervision is True
-    with pytest.raises(InputError, match="ds-predict"):
+    with pytest.raises(InputError, match="ds_predict"):
         resolve_config(TrainConfig(model="unetpp", ds_predict="first"))
 
 
@@ -128,8 +131,9 @@ def test_train_unetpp_deep_supervision_one_step(tmp_path):
     import tensorflow as tf
     import tifffile
 
-    from em_keras.data.io import synthetic_em
-    from em_keras.training.loop import TrainConfig, train
+    from em_keras.config import TrainConfig
+    from em_keras.data.synthetic import synthetic_em
+    from em_keras.training.loop import train
 
     images, labels = synthetic_em(n=4, size=64, seed=5)
     d = tmp_path / "data"
@@ -149,13 +153,14 @@ def test_train_unetpp_deep_supervision_one_step(tmp_path):
     assert len(keras.saving.load_model(out / "last.keras", compile=False).outputs) == 2  # training model
     loaded = tf.saved_model.load(str(out / "saved_model"))  # keep a reference while serving
     served = loaded.serve(tf.zeros([1, 64, 64, 1]))
+    served = served["p_cell"] if isinstance(served, dict) else served
     assert tuple(served.shape) == (1, 64, 64, 1)  # the single-output inference model
 
 
 def test_load_model_follows_the_runs_ds_predict(ds_model, tmp_path):
     import json
 
-    from em_keras.inference.predict import load_model
+    from em_keras.inference.load import load_model
 
     x = np.random.default_rng(2).random((1, 32, 32, 1)).astype("float32")
     heads = [np.asarray(y) for y in ds_model(x)]

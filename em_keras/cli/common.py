@@ -1,19 +1,26 @@
 """Helpers shared by the command modules: parsers, paths, probabilities with their labels."""
 
+import argparse
 import math
 import os
 
 from em_keras.errors import ArgumentParser, InputError
 
-__all__ = ["make_parser", "add_debug", "check_distinct", "finite", "unit_interval", "probs_and_labels"]
+__all__ = ["HelpFormatter", "make_parser", "add_debug", "check_distinct", "finite", "unit_interval", "probs_and_labels"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default in ``--help`` only when it has one (not None or False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def make_parser(prog, description):
-    """An :class:`em_keras.errors.ArgumentParser` that shows every flag's default in ``--help``."""
-    import argparse
-
-    return ArgumentParser(prog=prog, description=description,
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """An :class:`em_keras.errors.ArgumentParser` that shows the defaults flags have in ``--help``."""
+    return ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_debug(parser):

@@ -28,16 +28,15 @@ COMMANDS = {
 
 
 def _parser():
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items())
     p = argparse.ArgumentParser(
-        prog="em-keras",
+        prog="em-keras", usage="em-keras [--version] [--help] <command> [flags]",
         description="Segment electron-microscopy images into cells with Keras: train, predict, "
                     "segment, evaluate, refine and export.",
-        epilog="Run 'em-keras <command> --help' for a command's flags.",
+        epilog=f"commands:\n{listing}\n\nRun 'em-keras <command> --help' for a command's flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"em-keras {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="<command>")
-    for name, (_, text) in COMMANDS.items():
-        sub.add_parser(name, help=text, add_help=False)
     return p
 
 

@@ -1,26 +1,23 @@
-"""Reading EM stacks, slice splits, a synthetic EM generator and ``tf.data`` input.
+"""Reading EM stacks and labels, locating a data set, and choosing slices.
 
-Conventions used throughout the toolkit:
-
-* images are float32 ``(N, H, W)`` in [0, 1];
-* labels are uint8 ``(N, H, W)`` with **cell = 1** (white, 255 in the ISBI
-  files) and **membrane = 0** (black);
-* models output P(cell).
-
-References
-----------
-Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation
-algorithms for connectomics", Front. Neuroanat. 9:142 (2015).
+NumPy, tifffile and Pillow only (no Keras or TensorFlow). Conventions used
+throughout the toolkit: images are float32 ``(N, H, W)`` in [0, 1]; labels are
+uint8 ``(N, H, W)`` with **cell = 1** (white, 255 in the ISBI 2012 files of
+Arganda-Carreras et al., Front. Neuroanat. 9:142, 2015) and **membrane = 0**
+(black); models output P(cell).
 """
 
 import os
 import re
+import warnings
 
 import numpy as np
 
+from em_keras.data.synthetic import synthetic_em
 from em_keras.errors import InputError
 
 __all__ = [
+    "read_raw",
     "read_stack",
     "read_labels",
     "read_pair",
@@ -29,65 +26,87 @@ __all__ = [
     "parse_slices",
     "default_val_slices",
     "split_slices",
-    "context_stack",
-    "synthetic_em",
-    "border_weight_map",
-    "make_train_dataset",
-    "make_eval_dataset",
     "check_size_divisible",
+    "integer_scale",
     "DEFAULT_DATA_DIRS",
+    "DATA_ENV",
 ]
 
 IMAGE_EXTS = (".tif", ".tiff", ".png")
-#: Where ``find_data`` looks when no ``--data`` is given, after ``$EM_KERAS_DATA``.
+#: The environment variable that names the data folder when no ``--data`` is given.
+DATA_ENV = "EM_KERAS_DATA"
+#: Where ``find_data`` looks when no ``--data`` is given and ``$EM_KERAS_DATA`` is unset.
 DEFAULT_DATA_DIRS = ("data/isbi2012", "../shared/data/isbi2012")
 VOLUME_NAMES = ("train-volume.tif", "train-volume.tiff")
 LABEL_NAMES = ("train-labels.tif", "train-labels.tiff")
+_LAYOUT = "expected train-volume.tif + train-labels.tif or images/ + labels/ folders"
 
 
 def _natural_key(s):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
 
 
+def _read_tiff(path):
+    import logging
+
+    import tifffile
+
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # a corrupt file is reported once, as an InputError
+    try:
+        return tifffile.imread(path)
+    finally:
+        tiff_log.setLevel(level)
+
+
+def _read_npy(path):
+    arr = np.load(path, allow_pickle=False)
+    if not isinstance(arr, np.ndarray):  # an .npz archive under a .npy name
+        arr.close()
+        raise InputError(f"{path}: is an .npz archive, not a .npy array (save it with numpy.save)")
+    return arr
+
+
+def _read_folder(path):
+    files = sorted(
+        (f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")),
+        key=_natural_key,
+    )
+    if not files:
+        raise InputError(f"{path}: folder holds no .png/.tif slices (empty stack)")
+    slices = [read_raw(os.path.join(path, f)) for f in files]
+    shapes = {s.shape for s in slices}
+    if len(shapes) != 1:
+        raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
+    return np.stack([s[0] if s.ndim == 3 and s.shape[0] == 1 else s for s in slices])
+
+
 def read_raw(path):
-    """Read a TIFF stack, a single image or a folder of slices as an ndarray."""
+    """Read a TIFF stack, a single image, a ``.npy`` array or a folder of slices as stored.
+
+    ``path`` is a ``.tif``/``.tiff`` (multi-page), ``.png`` or ``.npy`` file, or a
+    folder of ``.png``/``.tif`` slices read in natural order (``s2`` before ``s10``).
+    Returns the stored values and dtype, unscaled. Raises :class:`InputError` for a
+    missing, corrupt or unsupported file, an empty folder, slices of different
+    sizes, or an ``.npz`` archive named ``.npy``.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     if os.path.isdir(path):
-        files = sorted(
-            (f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")),
-            key=_natural_key,
-        )
-        if not files:
-            raise InputError(f"{path}: folder holds no .png/.tif slices (empty stack)")
-        slices = [read_raw(os.path.join(path, f)) for f in files]
-        shapes = {s.shape for s in slices}
-        if len(shapes) != 1:
-            raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
-        arr = np.stack([s[0] if s.ndim == 3 and s.shape[0] == 1 else s for s in slices])
-        return arr
+        return _read_folder(path)
     lower = path.lower()
     try:
         if lower.endswith((".tif", ".tiff")):
-            import logging
-
-            import tifffile
-
-            tiff_log = logging.getLogger("tifffile")
-            level = tiff_log.level
-            tiff_log.setLevel(logging.CRITICAL)  # a corrupt file is reported once, as the InputError below
-            try:
-                arr = tifffile.imread(path)
-            finally:
-                tiff_log.setLevel(level)
+            arr = _read_tiff(path)
         elif lower.endswith(".png"):
             from PIL import Image
 
             with Image.open(path) as im:
                 arr = np.asarray(im)
         elif lower.endswith(".npy"):
-            arr = np.load(path, allow_pickle=False)
+            arr = _read_npy(path)
         else:
             raise InputError(f"{path}: unsupported file type (expected .tif, .tiff, .png, .npy or a folder)")
     except InputError:
@@ -106,12 +125,62 @@ def _as_stack(arr, path):
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 3:
-        raise InputError(f"{path}: expected a grey (N, H, W) stack, got shape {arr.shape} (RGB or 4-D data is not supported)")
+        raise InputError(f"{path}: expected a grey (N, H, W) stack, got shape {arr.shape} "
+                         "(RGB or 4-D data is not supported)")
     if arr.shape[-1] in (3, 4) and arr.shape[0] > 4 and arr.shape[1] > 4:
-        # (H, W, 3) single RGB image read as a 3-slice stack would be caught by size checks later;
-        # explicit channel-last colour images are rejected here.
         raise InputError(f"{path}: looks like an RGB image of shape {arr.shape}; convert it to grey first")
     return arr
+
+
+def _tiff_range(path):
+    """``(MaxSampleValue, BitsPerSample)`` of a TIFF file's first page, each None when not recorded."""
+    path = os.fspath(path)
+    if os.path.isdir(path) or not path.lower().endswith((".tif", ".tiff")):
+        return None, None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tag = page.tags.get(281)  # MaxSampleValue
+            top = int(np.max(tag.value)) if tag is not None else 0
+            return (top if top > 0 else None), int(page.bitspersample)
+    except Exception:  # the data were read already; without the tags only the hint is lost
+        return None, None
+
+
+def integer_scale(dtype, top, where="images", max_sample_value=None, bits_per_sample=None):
+    """The divisor that maps non-negative integer images to [0, 1], as :func:`read_stack` uses it.
+
+    ``dtype`` is the stored integer type, ``top`` the largest value of the whole
+    stack, ``where`` the file named in the warning, and ``max_sample_value``,
+    ``bits_per_sample`` the TIFF tags when recorded. The rules (and the
+    ``UserWarning`` for 8-bit values in 16-bit data) are those of :func:`read_stack`.
+
+    Examples
+    --------
+    >>> integer_scale(np.uint8, 17), integer_scale(np.uint16, 4000)
+    (255.0, 65535.0)
+    >>> integer_scale(np.uint16, 4000, bits_per_sample=12)
+    4095.0
+    """
+    dtype = np.dtype(dtype)
+    if dtype.itemsize == 1:
+        return 255.0
+    if dtype.itemsize != 2:
+        return 255.0 if top <= 255 else float(top)
+    if max_sample_value is not None and top <= max_sample_value:
+        return float(max_sample_value)
+    if bits_per_sample is not None and bits_per_sample < 16 and top < 2 ** bits_per_sample:
+        return float(2 ** bits_per_sample - 1)
+    if top <= 255:
+        warnings.warn(
+            f"{where}: 16-bit image holds only 8-bit values (max {top}); read as 8-bit (divided by 255, "
+            f"not 65535); save it as uint8, or record its range in the TIFF MaxSampleValue tag",
+            UserWarning, stacklevel=3,
+        )
+        return 255.0
+    return 65535.0
 
 
 def read_stack(path):
@@ -126,13 +195,30 @@ def read_stack(path):
     Returns
     -------
     ndarray, float32, shape (N, H, W)
-        uint8 is divided by 255 and uint16 by 65535; floats already in [0, 1] are
-        kept, other floats are min-max scaled to [0, 1].
+        Integer images are divided by the largest value their format can hold:
+
+        * 8-bit: 255;
+        * 16-bit TIFF that records its range: the ``MaxSampleValue`` tag, or
+          ``2**BitsPerSample - 1`` when fewer than 16 bits are used (12-bit
+          camera data);
+        * other 16-bit data: 65535, except that a stack whose values all fit in
+          8 bits (max <= 255) is read as 8-bit data (divided by 255) with a
+          ``UserWarning``: 8-bit images saved in a 16-bit container would
+          otherwise be near-black. A TIFF whose ``MaxSampleValue`` tag says
+          65535 is always divided by 65535;
+        * wider integers: 255 when the values fit in 8 bits, else their maximum.
+
+        Floats already in [0, 1] are kept, other floats are min-max scaled to [0, 1].
 
     Raises
     ------
     InputError
         Missing or unreadable file, empty stack, RGB/4-D data, NaN or inf values.
+
+    Warns
+    -----
+    UserWarning
+        A 16-bit stack holds only 8-bit values and is read as 8-bit.
 
     Examples
     --------
@@ -141,6 +227,9 @@ def read_stack(path):
     >>> tifffile.imwrite(p, np.full((2, 4, 4), 255, np.uint8))
     >>> read_stack(p).shape, float(read_stack(p).max())
     ((2, 4, 4), 1.0)
+    >>> tifffile.imwrite(p, np.full((1, 2, 2), 4095, np.uint16), extratags=[(281, "H", 1, 4095, True)])
+    >>> float(read_stack(p).max())   # 12-bit data, as the MaxSampleValue tag records
+    1.0
     """
     arr = _as_stack(read_raw(path), path)
     if arr.dtype == np.bool_:
@@ -148,12 +237,8 @@ def read_stack(path):
     if np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0:
             raise InputError(f"{path}: signed integer image with negative values")
-        if arr.dtype.itemsize == 1:
-            scale = 255.0
-        elif arr.dtype.itemsize == 2:
-            scale = 65535.0
-        else:
-            scale = 255.0 if arr.max() <= 255 else float(arr.max())
+        tags = _tiff_range(path) if arr.dtype.itemsize == 2 else (None, None)
+        scale = integer_scale(arr.dtype, int(arr.max()), os.fspath(path), *tags)
         return (arr.astype(np.float32) / scale).astype(np.float32)
     if np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32)
@@ -216,48 +301,74 @@ def read_pair(image_path, label_path):
     return images, labels
 
 
+def _pair_in(folder):
+    """The image and label paths of a data folder, or None when it has neither layout."""
+    for vol in VOLUME_NAMES:
+        for lab in LABEL_NAMES:
+            if os.path.isfile(os.path.join(folder, vol)) and os.path.isfile(os.path.join(folder, lab)):
+                return os.path.join(folder, vol), os.path.join(folder, lab)
+    if os.path.isdir(os.path.join(folder, "images")) and os.path.isdir(os.path.join(folder, "labels")):
+        return os.path.join(folder, "images"), os.path.join(folder, "labels")
+    return None
+
+
+def _required_pair(folder, name):
+    """The pair in ``folder``; ``name`` (a flag or variable) is named in the error."""
+    if not os.path.isdir(folder):
+        what = "is a file, expected a data directory" if os.path.exists(folder) else "data directory not found"
+        raise InputError(f"{name}: {what}")
+    found = _pair_in(folder)
+    if found is None:
+        raise InputError(f"{name}: {_LAYOUT}")
+    return found
+
+
 def find_data(data=None):
     """Locate an image/label pair.
 
     ``data`` may be a directory holding ``train-volume.tif`` and ``train-labels.tif``
     (the ISBI layout) or ``images/`` and ``labels/`` folders of slices. When None,
-    ``$EM_KERAS_DATA`` and then :data:`DEFAULT_DATA_DIRS` are tried.
+    ``$EM_KERAS_DATA`` is used if set; only when it is unset (or empty) are the
+    :data:`DEFAULT_DATA_DIRS` tried.
 
     Returns
     -------
     (str, str) or None
-        Image and label paths, or None when ``data`` is None and nothing was found.
+        Image and label paths, or None when ``data`` is None, ``$EM_KERAS_DATA``
+        is unset and no default folder holds data.
+
+    Raises
+    ------
+    InputError
+        ``data``, or a set ``$EM_KERAS_DATA``, is not a folder with either layout;
+        the message names the directory (and the variable).
     """
-    candidates = [data] if data else [os.environ.get("EM_KERAS_DATA")] + list(DEFAULT_DATA_DIRS)
-    for cand in candidates:
-        if not cand:
-            continue
-        if not os.path.isdir(cand):
-            if data:
-                raise InputError(f"{cand}: " + ("is a file, expected a data directory" if os.path.exists(cand)
-                                                else "data directory not found"))
-            continue
-        for vol in VOLUME_NAMES:
-            for lab in LABEL_NAMES:
-                if os.path.isfile(os.path.join(cand, vol)) and os.path.isfile(os.path.join(cand, lab)):
-                    return os.path.join(cand, vol), os.path.join(cand, lab)
-        if os.path.isdir(os.path.join(cand, "images")) and os.path.isdir(os.path.join(cand, "labels")):
-            return os.path.join(cand, "images"), os.path.join(cand, "labels")
-        if data:
-            raise InputError(
-                f"{cand}: expected train-volume.tif + train-labels.tif or images/ + labels/ folders"
-            )
+    if data:
+        return _required_pair(os.fspath(data), os.fspath(data))
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return _required_pair(env, f"{DATA_ENV}={env}")
+    for cand in DEFAULT_DATA_DIRS:
+        if os.path.isdir(cand):
+            found = _pair_in(cand)
+            if found is not None:
+                return found
     return None
 
 
 def load_data(data=None, synthetic_fallback=True, log=print):
-    """Load ``(images, labels, source)``; fall back to synthetic data when none is found."""
+    """Load ``(images, labels, source)``; fall back to synthetic data when none is found.
+
+    ``source`` is the image path, or ``"synthetic"`` for the fallback stack
+    (:func:`em_keras.data.synthetic.synthetic_em`, 12 slices of 256 x 256).
+    A wrong ``data`` or ``$EM_KERAS_DATA`` is an :class:`InputError`, never a fallback.
+    """
     found = find_data(data)
     if found is None:
         if not synthetic_fallback:
-            raise InputError("no data found: pass --data DIR or set EM_KERAS_DATA")
+            raise InputError(f"no data found: pass --data DIR or set {DATA_ENV}")
         log(
-            "note: no ISBI data found (tried $EM_KERAS_DATA, "
+            f"note: no ISBI data found (tried ${DATA_ENV}, "
             + ", ".join(DEFAULT_DATA_DIRS)
             + "); using a synthetic EM-like stack instead"
         )
@@ -267,8 +378,22 @@ def load_data(data=None, synthetic_fallback=True, log=print):
     return images, labels, found[0]
 
 
+def _parse_part(part, n):
+    if ":" in part:
+        a, b = part.split(":", 1)
+        return list(range(n)[slice(int(a) if a else None, int(b) if b else None)])
+    if re.fullmatch(r"\d+-\d+", part):
+        a, b = (int(x) for x in part.split("-"))
+        if b < a:
+            raise ValueError
+        return list(range(a, b + 1))
+    return [int(part)]
+
+
 def parse_slices(spec, n, flag="--val-slices"):
     """Parse a slice selection such as ``"20-24"``, ``"0,3,5-7"`` or ``"-5:"``.
+
+    The one parser of slice flags (``--slices``, ``--val-slices``, ...).
 
     Parameters
     ----------
@@ -285,12 +410,19 @@ def parse_slices(spec, n, flag="--val-slices"):
     list of int
         Sorted unique indices.
 
+    Raises
+    ------
+    InputError
+        Unparsable parts, indices out of range, or an empty selection.
+
     Examples
     --------
     >>> parse_slices("20-24", 25)
     [20, 21, 22, 23, 24]
     >>> parse_slices("-5:", 30)
     [25, 26, 27, 28, 29]
+    >>> parse_slices("0,3,5-6", 10)
+    [0, 3, 5, 6]
     """
     if not isinstance(spec, str):
         idx = [int(i) for i in spec]
@@ -300,16 +432,7 @@ def parse_slices(spec, n, flag="--val-slices"):
             if not part:
                 continue
             try:
-                if ":" in part:
-                    a, b = part.split(":", 1)
-                    idx.extend(range(n)[slice(int(a) if a else None, int(b) if b else None)])
-                elif re.fullmatch(r"\d+-\d+", part):
-                    a, b = (int(x) for x in part.split("-"))
-                    if b < a:
-                        raise ValueError
-                    idx.extend(range(a, b + 1))
-                else:
-                    idx.append(int(part))
+                idx.extend(_parse_part(part, n))
             except ValueError:
                 raise InputError(f"{flag}: cannot parse {part!r} (use e.g. 20-24 or 0,3,5-7)") from None
     bad = [i for i in idx if i < 0 or i >= n]
@@ -321,10 +444,15 @@ def parse_slices(spec, n, flag="--val-slices"):
 
 
 def default_val_slices(n):
-    """Default held-out slices: the last 5 (the report's split on the 30-slice volume).
+    """Default held-out slices: the last 5.
 
     Stacks of fewer than 10 slices hold out the last fifth (at least one slice).
-    On the shared 25-slice file this gives slices 20-24.
+    On the 25-slice ISBI training volume this gives slices 20-24.
+
+    Examples
+    --------
+    >>> default_val_slices(25), default_val_slices(6)
+    ([20, 21, 22, 23, 24], [5])
     """
     k = 5 if n >= 10 else max(1, n // 5)
     if n < 2:
@@ -333,7 +461,13 @@ def default_val_slices(n):
 
 
 def split_slices(images, labels, val_slices):
-    """Split stacks into training and held-out parts by slice index."""
+    """Split stacks into training and held-out parts by slice index.
+
+    Returns
+    -------
+    ((train_images, train_labels), (val_images, val_labels))
+        Training slices in their stack order, held-out slices sorted.
+    """
     val = sorted(set(val_slices))
     train = [i for i in range(len(images)) if i not in val]
     if not train:
@@ -341,272 +475,19 @@ def split_slices(images, labels, val_slices):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
-def context_stack(images, context, indices=None):
-    """Give every slice its ``context`` neighbours on each side as channels (2.5D input).
-
-    Serial EM sections are cut about 50 nm apart, so a membrane that is blurred
-    or oblique in one section is often sharper in the next. Stacking adjacent
-    sections as channels lets a 2D network use that context.
-
-    Parameters
-    ----------
-    images : ndarray (N, H, W)
-        The whole volume, in order.
-    context : int
-        Neighbours on each side, ``>= 0``; ``2 * context + 1`` channels.
-    indices : sequence of int, optional
-        The slices to stack (default: all). Their neighbours come from the whole
-        volume, whichever slices are selected.
-
-    Returns
-    -------
-    ndarray (M, H, W, 2 * context + 1), the dtype of ``images``
-        Channel ``context + d`` holds slice ``i + d``; slices beyond the ends of
-        the volume are mirrored about the end slices as by ``np.pad(mode="reflect")``
-        (``-1 -> 1``, ``N -> N - 2``, again and again for a short volume).
+def check_size_divisible(shape, multiple, what="image"):
+    """Raise :class:`InputError` unless both spatial sizes divide by ``multiple``.
 
     Examples
     --------
-    >>> v = np.arange(3)[:, None, None] * np.ones((3, 2, 2))
-    >>> context_stack(v, 1)[:, 0, 0]
-    array([[1., 0., 1.],
-           [0., 1., 2.],
-           [1., 2., 1.]])
+    >>> check_size_divisible((2, 64, 48), 16)
+    >>> check_size_divisible((2, 64, 50), 16)
+    Traceback (most recent call last):
+    ...
+    em_keras.errors.InputError: image size 64x50 is not divisible by 16 (2^depth); use --crop or --size
     """
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise InputError(f"context_stack needs a volume (N, H, W), got shape {images.shape}")
-    if not isinstance(context, (int, np.integer)) or isinstance(context, bool) or context < 0:
-        raise InputError(f"--context must be an integer >= 0, got {context!r}")
-    n = len(images)
-    idx = np.arange(n) if indices is None else np.asarray(indices, int).reshape(-1)
-    if idx.size and (idx.min() < -n or idx.max() >= n):
-        raise InputError(f"slice index out of range for a stack of {n} slices: {idx.tolist()}")
-    idx = idx % n
-    offsets = np.arange(-context, context + 1)
-    nb = idx[:, None] + offsets[None, :]
-    if n == 1:
-        nb = np.zeros_like(nb)
-    else:  # reflection about slices 0 and n - 1 is periodic in 2 (n - 1)
-        nb = nb % (2 * (n - 1))
-        nb = np.where(nb > n - 1, 2 * (n - 1) - nb, nb)
-    return np.stack([images[nb[:, c]] for c in range(len(offsets))], axis=-1)
-
-
-def check_size_divisible(shape, multiple, what="image"):
-    """Raise :class:`InputError` unless both spatial sizes divide by ``multiple``."""
     h, w = shape[-2], shape[-1]
     if h % multiple or w % multiple:
         raise InputError(
             f"{what} size {h}x{w} is not divisible by {multiple} (2^depth); use --crop or --size"
         )
-
-
-def synthetic_em(n=4, size=64, cells=None, membrane_width=2, seed=0):
-    """Generate an EM-like stack: Voronoi cells with dark membranes, texture, blur and noise.
-
-    Parameters
-    ----------
-    n : int
-        Number of slices.
-    size : int or (int, int)
-        Slice height and width.
-    cells : int, optional
-        Cells per slice (default: about one per 24x24 pixels).
-    membrane_width : int
-        Membrane thickness in pixels.
-    seed : int
-        Random seed; the output is a pure function of the arguments.
-
-    Returns
-    -------
-    images : float32 ndarray, (n, H, W), values in [0, 1]
-    labels : uint8 ndarray, (n, H, W), cell = 1, membrane = 0
-
-    Examples
-    --------
-    >>> x, y = synthetic_em(n=2, size=32, seed=1)
-    >>> x.shape, y.dtype.name, sorted(set(y.ravel().tolist()))
-    ((2, 32, 32), 'uint8', [0, 1])
-    """
-    from scipy import ndimage
-    from scipy.spatial import cKDTree
-
-    h, w = (size, size) if np.isscalar(size) else size
-    rng = np.random.default_rng(seed)
-    if cells is None:
-        cells = max(4, (h * w) // (24 * 24))
-    grid = np.stack(np.mgrid[0:h, 0:w], axis=-1).reshape(-1, 2).astype(np.float64)
-    images = np.empty((n, h, w), np.float32)
-    labels = np.empty((n, h, w), np.uint8)
-    for k in range(n):
-        pts = rng.uniform(0, 1, (cells, 2)) * [h, w]
-        region = cKDTree(pts).query(grid)[1].reshape(h, w)
-        edge = np.zeros((h, w), bool)
-        edge[:-1] |= region[:-1] != region[1:]
-        edge[1:] |= region[:-1] != region[1:]
-        edge[:, :-1] |= region[:, :-1] != region[:, 1:]
-        edge[:, 1:] |= region[:, :-1] != region[:, 1:]
-        if membrane_width > 2:
-            edge = ndimage.binary_dilation(edge, iterations=(membrane_width - 1) // 2)
-        label = (~edge).astype(np.uint8)
-        brightness = rng.uniform(0.55, 0.85, cells)[region]
-        texture = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)), 2.0) * 0.25
-        img = brightness + texture
-        img = np.where(edge, 0.15, img)
-        img = ndimage.gaussian_filter(img, 0.8) + rng.normal(0, 0.04, (h, w))
-        images[k] = np.clip(img, 0, 1)
-        labels[k] = label
-    return images, labels
-
-
-def border_weight_map(label, w0=10.0, sigma=5.0):
-    """The U-Net paper's weight map that stresses thin membranes between touching cells.
-
-    ``w(x) = 1 + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))`` on membrane
-    pixels, where ``d1`` and ``d2`` are the Euclidean distances to the nearest and
-    the second nearest cell (4-connected components of cell pixels); ``w = 1`` on
-    cell pixels. The class-balancing term of the paper is left out (1 everywhere).
-
-    Parameters
-    ----------
-    label : array_like, shape (H, W)
-        Cell = 1 (or True), membrane = 0.
-    w0, sigma : float
-        10 and 5 pixels in the paper.
-
-    Returns
-    -------
-    ndarray, float32, (H, W)
-
-    References
-    ----------
-    O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for
-    Biomedical Image Segmentation", MICCAI 2015, eq. 2.
-
-    Examples
-    --------
-    >>> lab = np.ones((3, 5), np.uint8); lab[:, 2] = 0   # two cells, a 1-pixel membrane
-    >>> w = border_weight_map(lab, w0=10, sigma=5)
-    >>> round(float(w[1, 2]), 4), float(w[1, 0])        # 1 + 10 exp(-(1 + 1)^2 / 50)
-    (10.2312, 1.0)
-    """
-    from scipy import ndimage
-
-    cell = np.asarray(label) > 0
-    if cell.ndim != 2:
-        raise InputError(f"border_weight_map expects one (H, W) label slice, got shape {cell.shape}")
-    seg, n = ndimage.label(cell, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
-    h, w = cell.shape
-    d1 = np.full((h, w), np.inf)
-    d2 = np.full((h, w), np.inf)
-    margin = int(np.ceil(4 * sigma)) + 2  # beyond this, exp(-(d1 + d2)^2 / 2 sigma^2) < 1e-7
-    for k, box in enumerate(ndimage.find_objects(seg), start=1):
-        r0, r1 = max(box[0].start - margin, 0), min(box[0].stop + margin, h)
-        c0, c1 = max(box[1].start - margin, 0), min(box[1].stop + margin, w)
-        d = ndimage.distance_transform_edt(seg[r0:r1, c0:c1] != k)
-        a1, a2 = d1[r0:r1, c0:c1], d2[r0:r1, c0:c1]
-        closer = d < a1
-        a2[...] = np.where(closer, a1, np.minimum(a2, d))
-        a1[...] = np.minimum(a1, d)
-    weight = np.ones((h, w), np.float64)
-    if n >= 2:
-        border = w0 * np.exp(-np.square(d1 + d2) / (2.0 * sigma ** 2))
-        weight[~cell] += np.where(np.isfinite(border), border, 0.0)[~cell]
-    return weight.astype(np.float32)
-
-
-def _with_channels(images, labels, what):
-    """float32 ``(N, H, W, C)`` from ``(N, H, W)`` or ``(N, H, W, C)`` images matching ``labels``."""
-    images = np.asarray(images)
-    if images.ndim not in (3, 4) or images.shape[:3] != np.shape(labels)[:3]:
-        raise InputError(f"{what} of shape {images.shape} do not match labels {np.shape(labels)}")
-    return (images[..., None] if images.ndim == 3 else images).astype(np.float32)
-
-
-def make_train_dataset(images, labels, batch_size=2, crop=None, size=None, augmenter=None,
-                       shuffle=True, repeat=True, seed=None, weights=None):
-    """Build the training ``tf.data`` pipeline: cache, shuffle, crop or resize, batch, augment.
-
-    Parameters
-    ----------
-    images : float32 ndarray (N, H, W), or (N, H, W, C) with several channels
-        per slice (e.g. :func:`context_stack`)
-    labels : uint8 ndarray (N, H, W), cell = 1
-    batch_size : int
-    crop : int, optional
-        Random ``crop x crop`` patches (the same window for image and mask).
-    size : int, optional
-        Resize whole slices to ``size x size`` (image bilinear, mask nearest, so
-        masks stay binary). Ignored when ``crop`` is given.
-    augmenter : callable, optional
-        ``(image_batch, mask_batch) -> (image_batch, mask_batch)`` of TF ops, e.g.
-        :class:`em_keras.data.augment.Augmenter`; applied per batch (vectorised).
-    shuffle, repeat : bool
-    seed : int, optional
-    weights : float32 ndarray (N, H, W), optional
-        Per-pixel loss weights (e.g. :func:`border_weight_map`), cropped, resized and
-        augmented together with the mask (nearest neighbour).
-
-    Returns
-    -------
-    tf.data.Dataset
-        Yields ``(x, y)`` float32 batches of shapes ``(B, h, w, C)`` (C = 1 for
-        ``(N, H, W)`` images) and ``(B, h, w, 1)``, or
-        ``(x, y, w)`` with ``w`` of shape ``(B, h, w)`` (Keras ``sample_weight``)
-        when ``weights`` is given.
-    """
-    import tensorflow as tf
-
-    if crop is not None and (crop > images.shape[1] or crop > images.shape[2]):
-        raise InputError(f"--crop {crop} is larger than the slices ({images.shape[1]}x{images.shape[2]})")
-    x = _with_channels(images, labels, "images")
-    c_in = x.shape[-1]
-    y = labels[..., None].astype(np.float32)
-    if weights is not None:
-        weights = np.asarray(weights, np.float32)
-        if weights.shape != labels.shape:
-            raise InputError(f"weights shape {weights.shape} does not match labels {labels.shape}")
-        y = np.concatenate([y, weights[..., None]], axis=-1)  # travels with the mask
-    channels = y.shape[-1]
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-
-    if crop is not None:
-        def _crop(img, msk):
-            both = tf.concat([img, msk], axis=-1)
-            both = tf.image.random_crop(both, [crop, crop, c_in + channels], seed=seed)
-            return both[..., :c_in], both[..., c_in:]
-        ds = ds.map(_crop, num_parallel_calls=tf.data.AUTOTUNE)
-    elif size is not None and tuple(x.shape[1:3]) != (size, size):  # same size: skip the no-op resize
-        def _resize(img, msk):
-            img = tf.image.resize(img, [size, size], method="bilinear", antialias=True)
-            msk = tf.image.resize(msk, [size, size], method="nearest")
-            return img, msk
-        ds = ds.map(_resize, num_parallel_calls=tf.data.AUTOTUNE)
-
-    ds = ds.batch(batch_size, drop_remainder=repeat)
-    if augmenter is not None:
-        ds = ds.map(augmenter, num_parallel_calls=tf.data.AUTOTUNE)
-    if weights is not None:
-        ds = ds.map(lambda img, msk: (img, msk[..., :1], msk[..., 1]), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def make_eval_dataset(images, labels, batch_size=1, size=None):
-    """Deterministic ``tf.data`` over whole slices (optionally resized), for validation.
-
-    ``images`` is ``(N, H, W)`` or ``(N, H, W, C)``, as for :func:`make_train_dataset`.
-    """
-    import tensorflow as tf
-
-    x = _with_channels(images, labels, "images")
-    y = labels[..., None].astype(np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if size is not None:
-        ds = ds.map(lambda a, b: (tf.image.resize(a, [size, size], antialias=True),
-                                  tf.image.resize(b, [size, size], method="nearest")))
-    return ds.batch(batch_size).cache().prefetch(tf.data.AUTOTUNE)

@@ -1,478 +1,108 @@
-"""Evaluation metrics: pixel accuracies and the ISBI 2012 challenge scores.
+"""The ISBI 2012 challenge scores: foreground-restricted V_rand and V_info, and the pixel error.
 
-Conventions: labels are cell = 1 (positive), membrane = 0; predictions are
-``P(cell)`` maps and a pixel is predicted cell when ``prob > threshold``
-(strictly greater, as in the ISBI/Fiji evaluation scripts).
+NumPy and SciPy only: no Keras or TensorFlow, so evaluation works without them.
 
-Two families:
-
-* Pixel accuracies of the course report, as numpy functions
-  (:func:`confusion`, :func:`accuracy_table`, :func:`format_table`) and as
-  stateful Keras metrics (:class:`PixelAccuracy`, :class:`CellAccuracy`,
-  :class:`MembraneAccuracy`, :class:`MembraneIoU`, :class:`MembraneF1`,
-  :func:`default_metrics`) that give the same numbers over a whole epoch.
-  A ratio with a zero denominator is 0 in both.
-* The ISBI 2012 challenge metrics (:func:`isbi_scores`,
-  :func:`isbi_evaluate`): foreground-restricted Rand score ``V_rand`` and
-  information theoretic score ``V_info`` after border thinning, as defined by
-  Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation
-  algorithms for connectomics", Front. Neuroanat. 9:142 (2015), and computed
-  by the Fiji scripts ``RandError.getMaximalVRandAfterThinning`` and
-  ``VariationOfInformation.getMaximalVInfoAfterThinning``
-  (trainableSegmentation.metrics), plus the pixel error.
-
-The Keras metrics are registered with
-``keras.saving.register_keras_serializable(package="em_keras")``.
+Labels are cell = 1, membrane = 0; predictions are ``P(cell)`` maps and a pixel
+is predicted cell when ``prob > threshold``. The scores are those of
+Arganda-Carreras et al., "Crowdsourcing the creation of image segmentation
+algorithms for connectomics", Front. Neuroanat. 9:142 (2015), as computed by
+the Fiji scripts ``RandError.getMaximalVRandAfterThinning`` and
+``VariationOfInformation.getMaximalVInfoAfterThinning``
+(trainableSegmentation.metrics): for each threshold the proposal's cells are
+labelled, their borders thinned, and the partition compared with the
+ground-truth cells (:func:`partition_scores`); the best threshold is reported.
+:func:`partition_scores` documents how the scores relate to
+``skimage.metrics.adapted_rand_error`` and ``variation_of_information``.
 """
 
 import math
 
-import keras
 import numpy as np
-from keras import ops
 from scipy import ndimage
 
 from em_keras.errors import InputError
+from em_keras.metrics.pixel import accuracy_table, as_binary_labels, match_shapes
 
 __all__ = [
-    "confusion",
-    "accuracy_table",
-    "format_table",
-    "PixelAccuracy",
-    "CellAccuracy",
-    "MembraneAccuracy",
-    "MembraneIoU",
-    "MembraneF1",
-    "default_metrics",
-    "summary_scores",
     "ISBI_THRESHOLDS",
     "THINNING",
+    "partition_scores",
     "isbi_scores",
     "isbi_evaluate",
+    "summary_scores",
 ]
 
-_register = keras.saving.register_keras_serializable(package="em_keras")
-
-# 0.0, 0.1, ..., 0.9: the thresholds tried by the ISBI scripts on P(cell).
+#: 0.0, 0.1, ..., 0.9: the thresholds tried by the ISBI scripts on P(cell).
 ISBI_THRESHOLDS = np.arange(0.0, 1.0, 0.1)
+#: How proposal membrane pixels are handed to segments (see :func:`isbi_scores`).
 THINNING = ("watershed", "expand", "none")
 
 _FOUR = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 
 
-# --------------------------------------------------------------------------
-# Pixel accuracies (numpy)
-# --------------------------------------------------------------------------
-
-def _ratio(num, den):
-    """``num / den`` as float, 0.0 when ``den == 0``."""
-    return float(num) / float(den) if den else 0.0
-
-
-def _as_binary_labels(y_true, what="y_true"):
-    """Return ``y_true`` as a bool array; InputError unless values are 0/1."""
-    y = np.asarray(y_true)
-    if y.dtype == bool:
-        return y
-    if not np.issubdtype(y.dtype, np.number):
-        raise InputError(f"{what} must be numeric 0/1 labels, got dtype {y.dtype}")
-    if not np.all((y == 0) | (y == 1)):
-        bad = np.unique(y[(y != 0) & (y != 1)])[:3]
-        raise InputError(
-            f"{what} must hold 0 (membrane) / 1 (cell) labels, found values like "
-            f"{', '.join(repr(v.item()) for v in bad)}"
-        )
-    return y == 1
-
-
-def _same_shape(a, b, names=("y_true", "prob")):
-    """Make ``a`` and ``b`` the same shape, allowing one trailing unit axis."""
-    if a.shape == b.shape:
-        return a, b
-    if a.shape == b.shape + (1,):
-        return a[..., 0], b
-    if b.shape == a.shape + (1,):
-        return a, b[..., 0]
-    raise InputError(
-        f"{names[0]} shape {a.shape} does not match {names[1]} shape {b.shape}"
-    )
-
-
-def confusion(y_true, prob, threshold=0.5):
-    """Pixel confusion counts with cell (label 1) as the positive class.
+def partition_scores(gt_seg, prop_seg):
+    """Foreground-restricted V_rand and V_info of a proposal against ground-truth segments.
 
     Parameters
     ----------
-    y_true : array_like of {0, 1} or bool, any shape
-        Labels, cell = 1, membrane = 0.
-    prob : array_like of float, same shape (a trailing unit axis on either is allowed)
-        ``P(cell)``; a pixel is predicted cell when ``prob > threshold``,
-        compared in float32 for float32 (or smaller) maps, as in the Keras
-        metrics.
-    threshold : float
-        Decision threshold.
+    gt_seg : array_like of int
+        Ground-truth segment ids; 0 is background, excluded from both scores
+        (foreground restriction).
+    prop_seg : array_like of int, same shape
+        Proposal segment ids; a 0 inside the ground-truth foreground (a
+        watershed line, an unassigned pixel) is a singleton segment of its
+        own, as in the Fiji scripts.
 
     Returns
     -------
-    dict
-        ``tp``, ``tn``, ``fp``, ``fn`` as Python ints (tp: cell predicted cell,
-        tn: membrane predicted membrane, fp: membrane predicted cell,
-        fn: cell predicted membrane).
+    (float, float)
+        ``(v_rand, v_info)`` in [0, 1], 1 for identical partitions; NaN when
+        ``gt_seg`` has no foreground. V_info is 1 when both partitions are one
+        segment.
+
+    Notes
+    -----
+    With the contingency counts ``n_ij`` over the N foreground pixels and the
+    segment sizes ``s_i`` (ground truth), ``t_j`` (proposal):
+
+    * ``V_rand = sum n_ij**2 / (0.5 sum s_i**2 + 0.5 sum t_j**2)``, the F-score
+      of the Rand precision ``sum n_ij**2 / sum t_j**2`` and recall
+      ``sum n_ij**2 / sum s_i**2``. ``1 - skimage.metrics.adapted_rand_error``
+      is the same F-score over pairs of *distinct* pixels, with N subtracted
+      from each of the three sums; both agree to O(1 / segment size) and
+      adding N back to skimage's pair counts gives V_rand exactly.
+    * ``V_info = 2 I(S;T) / (H(S) + H(T))``, the F-score of the information
+      precision ``I / H(T)`` and recall ``I / H(S)``.
+      ``skimage.metrics.variation_of_information`` returns the conditional
+      entropies ``[H(T|S), H(S|T)]`` (unnormalised; ``I = H(S) - H(S|T)``),
+      so V_info follows from it and the entropies of each partition.
+
+    Both skimage functions need ``ignore_labels=(0,)`` for the foreground
+    restriction, and treat a proposal 0 as one segment: relabel each such
+    pixel with an id of its own to compare.
 
     Examples
     --------
-    >>> confusion([1, 1, 0, 0], [0.9, 0.2, 0.7, 0.1])
-    {'tp': 1, 'tn': 1, 'fp': 1, 'fn': 1}
+    >>> gt = np.repeat([[1] * 4, [2] * 4], 2, axis=0)        # two 8-pixel segments
+    >>> prop = gt.copy(); prop[:2, 2:] = 3                    # split one in half
+    >>> [round(v, 4) for v in partition_scores(gt, prop)]     # 96/112, 2 ln2 / 2.5 ln2
+    [0.8571, 0.8]
     """
-    y = _as_binary_labels(y_true)
-    p = np.asarray(prob)
-    if p.dtype.kind == "f" and p.dtype.itemsize < 4:
-        p = p.astype(np.float32)
-    y, p = _same_shape(y, p)
-    # A Python float threshold is compared in the map's precision (float32
-    # for float32 maps), like the Keras metrics do.
-    pred = p > float(threshold)
-    tp = int(np.count_nonzero(y & pred))
-    n_true = int(np.count_nonzero(y))
-    n_pred = int(np.count_nonzero(pred))
-    fn = n_true - tp
-    fp = n_pred - tp
-    tn = int(y.size) - tp - fn - fp
-    return {"tp": tp, "tn": tn, "fp": fp, "fn": fn}
-
-
-def _table_from_counts(tp, tn, fp, fn):
-    total = tp + tn + fp + fn
-    return {
-        "pixel_accuracy": _ratio(tp + tn, total),
-        "cell_accuracy": _ratio(tp, tp + fn),
-        "membrane_accuracy": _ratio(tn, tn + fp),
-        "membrane_iou": _ratio(tn, tn + fp + fn),
-        "membrane_f1": _ratio(2 * tn, 2 * tn + fp + fn),
-        "cell_fraction_pred": _ratio(tp + fp, total),
-    }
-
-
-def accuracy_table(y_true, prob, threshold=0.5):
-    """The course report's accuracies for one prediction.
-
-    Parameters
-    ----------
-    y_true : array_like of {0, 1} or bool, any shape
-        Labels, cell = 1, membrane = 0.
-    prob : array_like of float, same shape
-        ``P(cell)``; predicted cell when ``prob > threshold``.
-    threshold : float
-        Decision threshold.
-
-    Returns
-    -------
-    dict
-        ``pixel_accuracy`` ((TP+TN)/N), ``cell_accuracy`` (TP/(TP+FN), the
-        cell recall), ``membrane_accuracy`` (TN/(TN+FP)), ``membrane_iou``
-        (TN/(TN+FP+FN)) and ``membrane_f1`` (2TN/(2TN+FP+FN)) with membrane as
-        the positive class, ``cell_fraction_pred`` ((TP+FP)/N), and the counts
-        ``tp``, ``tn``, ``fp``, ``fn``. Ratios with a zero denominator are 0.
-
-    Examples
-    --------
-    >>> t = accuracy_table([1, 1, 0, 0], [0.9, 0.8, 0.7, 0.1])
-    >>> t["pixel_accuracy"], t["membrane_accuracy"], t["membrane_iou"]
-    (0.75, 0.5, 0.5)
-    """
-    counts = confusion(y_true, prob, threshold)
-    table = _table_from_counts(**counts)
-    table.update(counts)
-    return table
-
-
-def _format_value(value):
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return f"{float(value):.4f}"
-    return str(value)
-
-
-def format_table(tables):
-    """Format one or several metric dicts as an aligned text table.
-
-    Parameters
-    ----------
-    tables : dict or dict of dicts or sequence of dicts
-        A single ``{metric: value}`` dict (one value column), a mapping
-        ``{column_name: {metric: value}}`` (e.g. one column per model), or a
-        list of dicts (columns numbered 0, 1, ...). Rows follow the key order
-        of the first table; floats are printed with 4 decimals.
-
-    Returns
-    -------
-    str
-        The table, lines joined by ``"\\n"`` (no trailing newline).
-
-    Examples
-    --------
-    >>> print(format_table({"unet": {"pixel_accuracy": 0.9, "tp": 3},
-    ...                     "fcn": {"pixel_accuracy": 0.85, "tp": 2}}))
-    metric           unet    fcn
-    pixel_accuracy 0.9000 0.8500
-    tp                  3      2
-    """
-    if isinstance(tables, dict) and tables and all(
-        isinstance(v, dict) for v in tables.values()
-    ):
-        columns = [(str(k), v) for k, v in tables.items()]
-    elif isinstance(tables, dict):
-        columns = [("value", tables)]
-    else:
-        columns = [(str(i), t) for i, t in enumerate(tables)]
-    rows = []
-    for _, table in columns:
-        rows += [k for k in table if k not in rows]
-    header = ["metric"] + [name for name, _ in columns]
-    body = [
-        [str(row)] + [_format_value(t[row]) if row in t else "-" for _, t in columns]
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
-    lines = []
-    for line in [header] + body:
-        cells = [line[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
-        lines.append(" ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# Pixel accuracies (Keras metrics)
-# --------------------------------------------------------------------------
-
-class _ConfusionMetric(keras.metrics.Metric):
-    """Accumulates tp/tn/fp/fn (float64: exact counts up to 2**53) over batches."""
-
-    _default_name = None
-
-    def __init__(self, threshold=0.5, name=None, dtype=None):
-        super().__init__(name=name or self._default_name, dtype=dtype)
-        self.threshold = float(threshold)
-        self.tp, self.tn, self.fp, self.fn = (
-            self.add_variable(
-                shape=(), initializer="zeros", dtype="float64", name=n,
-                aggregation="sum",
-            )
-            for n in ("tp", "tn", "fp", "fn")
-        )
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
-            y_true = ops.squeeze(y_true, axis=-1)
-        elif len(y_pred.shape) == len(y_true.shape) + 1 and y_pred.shape[-1] == 1:
-            y_true = ops.expand_dims(y_true, axis=-1)
-        true_cell = ops.cast(y_true, "float32") > 0.5
-        pred_cell = ops.cast(y_pred, "float32") > self.threshold
-        if sample_weight is None:
-            def count(mask):
-                # int32 sums are exact per batch; the running totals are float64.
-                return ops.cast(ops.sum(ops.cast(mask, "int32")), "float64")
-        else:
-            weight = ops.cast(sample_weight, "float64")
-            while len(weight.shape) < len(y_pred.shape):
-                weight = ops.expand_dims(weight, axis=-1)
-            weight = ops.broadcast_to(weight, ops.shape(y_pred))
-
-            def count(mask):
-                return ops.sum(ops.where(mask, weight, ops.zeros_like(weight)))
-
-        self.tp.assign_add(count(ops.logical_and(true_cell, pred_cell)))
-        self.tn.assign_add(
-            count(ops.logical_and(ops.logical_not(true_cell), ops.logical_not(pred_cell)))
-        )
-        self.fp.assign_add(count(ops.logical_and(ops.logical_not(true_cell), pred_cell)))
-        self.fn.assign_add(count(ops.logical_and(true_cell, ops.logical_not(pred_cell))))
-
-    def _value(self, tp, tn, fp, fn):
-        raise NotImplementedError
-
-    def result(self):
-        value = self._value(self.tp, self.tn, self.fp, self.fn)
-        return ops.cast(value, self.dtype)
-
-    def reset_state(self):
-        for v in (self.tp, self.tn, self.fp, self.fn):
-            v.assign(ops.zeros((), dtype="float64"))
-
-    def get_config(self):
-        config = super().get_config()
-        config["threshold"] = self.threshold
-        return config
-
-
-def _nan_safe_div(num, den):
-    return ops.divide_no_nan(num, den)
-
-
-@_register
-class PixelAccuracy(_ConfusionMetric):
-    """Fraction of pixels classified correctly, (TP+TN)/N.
-
-    Parameters
-    ----------
-    threshold : float
-        A pixel is predicted cell when ``P(cell) > threshold``.
-    name : str, optional
-        Defaults to ``"pixel_accuracy"``.
-    dtype : str, optional
-        Result dtype.
-
-    Examples
-    --------
-    >>> m = PixelAccuracy()
-    >>> m.update_state([[1.0], [0.0]], [[0.9], [0.8]])
-    >>> float(m.result())
-    0.5
-    """
-
-    _default_name = "pixel_accuracy"
-
-    def _value(self, tp, tn, fp, fn):
-        return _nan_safe_div(tp + tn, tp + tn + fp + fn)
-
-
-@_register
-class CellAccuracy(_ConfusionMetric):
-    """Accuracy on cell pixels, TP/(TP+FN) (cell recall). See :class:`PixelAccuracy`.
-
-    Examples
-    --------
-    >>> m = CellAccuracy()
-    >>> m.update_state([[1.0], [1.0]], [[0.9], [0.1]])
-    >>> float(m.result())
-    0.5
-    """
-
-    _default_name = "cell_accuracy"
-
-    def _value(self, tp, tn, fp, fn):
-        return _nan_safe_div(tp, tp + fn)
-
-
-@_register
-class MembraneAccuracy(_ConfusionMetric):
-    """Accuracy on membrane pixels, TN/(TN+FP). See :class:`PixelAccuracy`.
-
-    Examples
-    --------
-    >>> m = MembraneAccuracy()
-    >>> m.update_state([[0.0], [0.0]], [[0.9], [0.1]])
-    >>> float(m.result())
-    0.5
-    """
-
-    _default_name = "membrane_accuracy"
-
-    def _value(self, tp, tn, fp, fn):
-        return _nan_safe_div(tn, tn + fp)
-
-
-@_register
-class MembraneIoU(_ConfusionMetric):
-    """Intersection over union of membrane, TN/(TN+FP+FN). See :class:`PixelAccuracy`.
-
-    Examples
-    --------
-    >>> m = MembraneIoU()
-    >>> m.update_state([[0.0], [0.0], [1.0]], [[0.1], [0.9], [0.2]])
-    >>> round(float(m.result()), 4)
-    0.3333
-    """
-
-    _default_name = "membrane_iou"
-
-    def _value(self, tp, tn, fp, fn):
-        return _nan_safe_div(tn, tn + fp + fn)
-
-
-@_register
-class MembraneF1(_ConfusionMetric):
-    """F1 (Dice) of membrane, 2TN/(2TN+FP+FN). See :class:`PixelAccuracy`.
-
-    Examples
-    --------
-    >>> m = MembraneF1()
-    >>> m.update_state([[0.0], [0.0], [1.0]], [[0.1], [0.9], [0.2]])
-    >>> float(m.result())
-    0.5
-    """
-
-    _default_name = "membrane_f1"
-
-    def _value(self, tp, tn, fp, fn):
-        return _nan_safe_div(2.0 * tn, 2.0 * tn + fp + fn)
-
-
-def default_metrics(threshold=0.5):
-    """Fresh instances of the five pixel metrics, for ``model.compile(metrics=...)``.
-
-    Parameters
-    ----------
-    threshold : float
-        Decision threshold on ``P(cell)``.
-
-    Returns
-    -------
-    list of keras.metrics.Metric
-        PixelAccuracy, CellAccuracy, MembraneAccuracy, MembraneIoU, MembraneF1;
-        their names match the keys of :func:`accuracy_table`.
-
-    Examples
-    --------
-    >>> [m.name for m in default_metrics()][:2]
-    ['pixel_accuracy', 'cell_accuracy']
-    """
-    classes = (PixelAccuracy, CellAccuracy, MembraneAccuracy, MembraneIoU, MembraneF1)
-    return [cls(threshold=threshold) for cls in classes]
-
-
-# --------------------------------------------------------------------------
-# ISBI 2012 challenge metrics
-# --------------------------------------------------------------------------
-
-def _partition_scores(gt_seg, prop_seg):
-    """V_rand and V_info of a proposal against the ground truth segments.
-
-    ``gt_seg`` 0 is background and excluded (foreground restriction).
-    ``prop_seg`` 0 inside the ground-truth foreground (watershed lines,
-    unassigned pixels) counts as singleton segments, one per pixel, as in the
-    Fiji scripts. Returns ``(v_rand, v_info)``, NaN when the ground truth has
-    no foreground.
-    """
+    gt_seg = np.asarray(gt_seg)
+    prop_seg = np.asarray(prop_seg)
+    if gt_seg.shape != prop_seg.shape:
+        raise InputError(f"segment images differ in shape: {gt_seg.shape} and {prop_seg.shape}")
+    if gt_seg.size and min(int(gt_seg.min()), int(prop_seg.min())) < 0:
+        raise InputError("segment ids must be >= 0 (0 = background / unassigned)")
     fg = gt_seg > 0
-    g = gt_seg[fg].astype(np.int64)
-    s = prop_seg[fg].astype(np.int64)
-    n = g.size
+    n = int(np.count_nonzero(fg))
     if n == 0:
         return math.nan, math.nan
-    # Nonzero contingency entries n_ij (i: gt segment, j: proposal segment).
-    codes, counts = np.unique(g * (int(s.max()) + 1) + s, return_counts=True)
-    i, j = np.divmod(codes, int(s.max()) + 1)
-    counts = counts.astype(np.float64)
-    single = j == 0
-    n_single = counts[single].sum()  # pixels that are their own segment
-    n_ij = counts[~single]
-    rows = np.bincount(i, weights=counts)
-    rows = rows[rows > 0]
-    cols = np.bincount(j[~single], weights=n_ij)
-    cols = cols[cols > 0]
+    rows, cols, n_ij, n_single = _contingency(gt_seg[fg].astype(np.int64), prop_seg[fg].astype(np.int64))
 
     # V_rand = sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2), in counts.
     sum_ij2 = n_ij @ n_ij + n_single
-    sum_s2 = rows @ rows
-    sum_t2 = cols @ cols + n_single
-    v_rand = sum_ij2 / (0.5 * sum_s2 + 0.5 * sum_t2)
+    v_rand = sum_ij2 / (0.5 * (rows @ rows) + 0.5 * (cols @ cols + n_single))
 
     # V_info = 2 I(S;T) / (H(S) + H(T)); a singleton has p = 1/n.
     def plogp(c):
@@ -484,11 +114,25 @@ def _partition_scores(gt_seg, prop_seg):
     h_t = -plogp(cols) + single_term
     h_st = -plogp(n_ij) + single_term
     denom = h_s + h_t
-    if denom <= 0.0:
-        v_info = 1.0  # both one segment: identical partitions
-    else:
-        v_info = 2.0 * (h_s + h_t - h_st) / denom
+    v_info = 1.0 if denom <= 0.0 else 2.0 * (h_s + h_t - h_st) / denom  # 1: both one segment
     return float(min(max(v_rand, 0.0), 1.0)), float(min(max(v_info, 0.0), 1.0))
+
+
+def _contingency(g, s):
+    """Row sums, column sums and nonzero entries of the contingency table, and the singleton count.
+
+    ``g`` and ``s`` are the ground-truth and proposal ids of the foreground
+    pixels; proposal id 0 marks singletons, left out of the columns and entries.
+    """
+    width = int(s.max()) + 1
+    codes, counts = np.unique(g * width + s, return_counts=True)
+    i, j = np.divmod(codes, width)
+    counts = counts.astype(np.float64)
+    single = j == 0
+    n_ij = counts[~single]
+    rows = np.bincount(i, weights=counts)
+    cols = np.bincount(j[~single], weights=n_ij)
+    return rows[rows > 0], cols[cols > 0], n_ij, float(counts[single].sum())
 
 
 def _flood(seg, cell):
@@ -570,7 +214,7 @@ def _slice_scores(label, prob, thresholds, thinning):
     for k, t in enumerate(thresholds):
         cell = prob > t
         seg = _proposal_segments(cell, thinning)
-        v_rand, v_info = _partition_scores(gt_seg, seg)
+        v_rand, v_info = partition_scores(gt_seg, seg)
         tp = np.count_nonzero(cell & label)
         out[:, k] = (v_rand, v_info, tp, np.count_nonzero(cell) - tp, n_true - tp)
     return out
@@ -590,11 +234,11 @@ def _best(values, thresholds):
 
 
 def _check_slices(labels, probs):
-    lab = _as_binary_labels(labels, "labels")
+    lab = as_binary_labels(labels, "labels")
     prob = np.asarray(probs)
     if not np.issubdtype(prob.dtype, np.number) or prob.dtype == bool:
         prob = prob.astype(np.float64)
-    lab, prob = _same_shape(lab, prob, ("labels", "probs"))
+    lab, prob = match_shapes(lab, prob, ("labels", "probs"))
     return lab, prob
 
 

@@ -223,7 +223,7 @@ def warm_start(model, source):
         If ``source`` is a path that cannot be loaded.
     """
     if not isinstance(source, keras.Model):
-        from em_keras.inference.predict import load_keras_file
+        from em_keras.inference.load import load_keras_file
 
         source = load_keras_file(os.fspath(source), "--init-from")
     by_name = {layer.name: layer for layer in source.layers}
@@ -236,6 +236,65 @@ def warm_start(model, source):
             layer.set_weights(other.get_weights())
             copied.append(layer.name)
     return copied
+
+
+def _check_args(input_shape, variant, fc_width, init):
+    variant = str(variant).lower().removeprefix("fcn")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if int(fc_width) < 1:
+        raise ValueError(f"fc_width must be >= 1, got {fc_width}")
+    for size in input_shape[:2]:
+        if size is not None and size % 32:
+            raise ValueError(f"input size {size} is not divisible by 32")
+    if init not in ("glorot", "he"):
+        raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
+    return variant
+
+
+def _vgg16_backbone(inputs):
+    """Grey image -> VGG16 convolutions; returns the outputs of pool3, pool4 and pool5."""
+    x = layers.Concatenate(name="rgb", dtype="float32")([inputs] * 3)
+    x = layers.Rescaling(255.0, name="vgg_scale", dtype="float32")(x)
+    x = layers.Normalization(mean=list(IMAGENET_BGR_MEAN), variance=[1.0, 1.0, 1.0],
+                             name="vgg_mean", dtype="float32")(x)
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
+    return tuple(vgg.get_layer(f"block{k}_pool").output for k in (3, 4, 5))
+
+
+def _fully_convolutional(x, fc_width, dropout):
+    """fc6 / fc7 as convolutions, then the 1x1 ``score_fr`` logit."""
+    x = layers.Conv2D(fc_width, 7, padding="same", activation="relu", name="fc6")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="drop6")(x)
+    x = layers.Conv2D(fc_width, 1, activation="relu", name="fc7")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="drop7")(x)
+    return layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_fr")(x)
+
+
+def _upsample(x, pool3, pool4, variant):
+    """The 32s, 16s or 8s up-sampling path with its skip scores."""
+    if variant == "32s":
+        return bilinear_upsample(x, 32, "upscore32", trainable=False)
+    x = bilinear_upsample(x, 2, "upscore2")
+    s4 = layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_pool4")(pool4)
+    x = layers.Add(name="fuse_pool4")([x, s4])
+    if variant == "16s":
+        return bilinear_upsample(x, 16, "upscore16", trainable=False)
+    x = bilinear_upsample(x, 2, "upscore_pool4")
+    s3 = layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_pool3")(pool3)
+    x = layers.Add(name="fuse_pool3")([x, s3])
+    return bilinear_upsample(x, 8, "upscore8", trainable=False)
+
+
+def _he_kernels(model):
+    """He-normal kernels for the VGG16 convolutions and fc6 / fc7."""
+    he = keras.initializers.HeNormal()
+    for layer in model.layers:
+        if layer.name.startswith("block") and layer.name.endswith(tuple(f"conv{i}" for i in (1, 2, 3))) \
+                or layer.name in ("fc6", "fc7"):
+            layer.kernel.assign(he(tuple(layer.kernel.shape)))
 
 
 def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=0.5,
@@ -306,57 +365,15 @@ def build_fcn(input_shape=(None, None, 1), variant="8s", fc_width=4096, dropout=
     >>> model.output_shape
     (None, 64, 64, 1)
     """
-    variant = str(variant).lower().removeprefix("fcn")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    if int(fc_width) < 1:
-        raise ValueError(f"fc_width must be >= 1, got {fc_width}")
-    for size in input_shape[:2]:
-        if size is not None and size % 32:
-            raise ValueError(f"input size {size} is not divisible by 32")
+    variant = _check_args(input_shape, variant, fc_width, init)
     weights_path = resolve_backbone_weights(backbone_weights)
-    if init not in ("glorot", "he"):
-        raise ValueError(f"init must be 'glorot' or 'he', got {init!r}")
-
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Concatenate(name="rgb", dtype="float32")([inputs] * 3)
-    x = layers.Rescaling(255.0, name="vgg_scale", dtype="float32")(x)
-    x = layers.Normalization(mean=list(IMAGENET_BGR_MEAN), variance=[1.0, 1.0, 1.0],
-                             name="vgg_mean", dtype="float32")(x)
-    vgg = keras.applications.VGG16(include_top=False, weights=None, input_tensor=x)
-    pool3 = vgg.get_layer("block3_pool").output
-    pool4 = vgg.get_layer("block4_pool").output
-    x = vgg.get_layer("block5_pool").output
-
-    x = layers.Conv2D(fc_width, 7, padding="same", activation="relu", name="fc6")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="drop6")(x)
-    x = layers.Conv2D(fc_width, 1, activation="relu", name="fc7")(x)
-    if dropout:
-        x = layers.Dropout(dropout, name="drop7")(x)
-    x = layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_fr")(x)
-
-    if variant == "32s":
-        x = bilinear_upsample(x, 32, "upscore32", trainable=False)
-    else:
-        x = bilinear_upsample(x, 2, "upscore2")
-        s4 = layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_pool4")(pool4)
-        x = layers.Add(name="fuse_pool4")([x, s4])
-        if variant == "16s":
-            x = bilinear_upsample(x, 16, "upscore16", trainable=False)
-        else:
-            x = bilinear_upsample(x, 2, "upscore_pool4")
-            s3 = layers.Conv2D(1, 1, kernel_initializer="zeros", name="score_pool3")(pool3)
-            x = layers.Add(name="fuse_pool3")([x, s3])
-            x = bilinear_upsample(x, 8, "upscore8", trainable=False)
-    outputs = layers.Activation("sigmoid", dtype="float32", name="head")(x)
+    pool3, pool4, x = _vgg16_backbone(inputs)
+    x = _fully_convolutional(x, fc_width, dropout)
+    outputs = layers.Activation("sigmoid", dtype="float32", name="head")(_upsample(x, pool3, pool4, variant))
     model = keras.Model(inputs, outputs, name=name or f"fcn{variant}")
     if init == "he":
-        he = keras.initializers.HeNormal()
-        for layer in model.layers:
-            if layer.name.startswith("block") and layer.name.endswith(tuple(f"conv{i}" for i in (1, 2, 3))) \
-                    or layer.name in ("fc6", "fc7"):
-                layer.kernel.assign(he(tuple(layer.kernel.shape)))
+        _he_kernels(model)
     if weights_path is not None:
         load_backbone_weights(model, weights_path)
     return model

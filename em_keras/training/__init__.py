@@ -1,1 +1,1 @@
-"""The training loop shared by every model: callbacks, distribution, the run directory."""
+"""Training: ``loop`` (train), ``callbacks``, ``distribute`` (tf.distribute), ``run_dir`` (--out), ``outputs``."""

@@ -1,4 +1,4 @@
-"""``python -m em_keras report``: matrix selection, the results page, and a resumable smoke run."""
+"""``python experiments/report.py``: matrix selection, the results page, and a resumable smoke run."""
 
 import json
 import os
@@ -9,8 +9,16 @@ import tifffile
 
 from em_keras.metrics import isbi as metrics
 
-import report  # experiments/report.py, on sys.path via conftest
-from em_keras.__main__ import main
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402  (experiments/report.py)
+
+
+
+def main(argv):
+    """The old ``python -m em_keras report`` calling convention."""
+    return report.main(argv[1:])
 from em_keras.errors import InputError, run_cli
 
 
