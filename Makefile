@@ -8,7 +8,7 @@ DATA_DIR ?= $(or $(EM_KERAS_DATA),../shared/data/isbi2012)
 # Real ISBI data when present, else a synthetic stack written by `em-keras synth`.
 DATA     := $(if $(wildcard $(DATA_DIR)/train-volume.tif),$(DATA_DIR),runs/synthetic)
 HELD_OUT := -5:
-DEMO_FLAGS ?= --preset demo
+DEMO_FLAGS ?= --preset cpu --epochs 5
 
 .PHONY: install demo test clean
 

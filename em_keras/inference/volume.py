@@ -347,41 +347,57 @@ def _run(job, models, volume, todo, client, log):
     return times
 
 
+def _setup(models, images, out, settings, chunks, distributed, workers, log):
+    """Open the input, load the models, plan the chunks and describe the job (predict_volume's first half)."""
+    from em_keras.inference.load import load_model
+
+    volume = open_volume(images, "--images")
+    models = list(models)
+    paths = [os.path.abspath(m) for m in models if isinstance(m, (str, os.PathLike))]
+    if distributed and (len(paths) != len(models) or volume.source is None):
+        raise InputError("--workers/--scheduler: the models and the images must be given as paths")
+    loaded = [load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
+    store, kind = _store_for(out, volume)
+    job = _make_job(volume, loaded, settings, log)
+    job = VolumeJob(**{**job.__dict__, "models": tuple(paths) if distributed else ()})
+    acts = [receptive_field(m)[1] or DEFAULT_ACTIVATION_BYTES for m in loaded]
+    chunks = _plan_chunks(chunks, job, max(acts), volume.dtype.itemsize, workers or 1, "--chunks")
+    record = {**job.record(), "chunks": list(chunks), "input": identity(volume.source or volume),
+              "models": [identity(m) for m in models]}
+    return volume, loaded, store, kind, job, chunks, record
+
+
 def predict_volume(models, images, out, *, chunks=None, multiple=None, halo=None, batch_size=1, tile=None,
                    overlap=32, tta=False, offsets=None, offset=None, indices=None, overwrite=False,
                    masks=None, threshold=0.5, workers=None, scheduler=None, client=None, log=print):
     """Predict P(cell) for a volume chunk by chunk into a Zarr store (or a streamed TIFF / ``.npy``).
 
-    The result equals :func:`em_keras.inference.predict.predict_ensemble` with
-    the same settings up to float rounding (see the module docstring), while
-    memory holds only a few chunks at a time. Rerunning the same call after an
-    interruption keeps the chunks already written.
+    The result equals :func:`em_keras.inference.predict.predict_ensemble` with the same settings up
+    to float rounding (see the module docstring), while memory holds only a few chunks at a time.
+    Rerunning the same call after an interruption keeps the chunks already written.
 
     Parameters
     ----------
     models : list of str or keras.Model
-        Model paths (``.keras`` or SavedModel; required with ``workers`` or
-        ``scheduler``, whose workers load each model once) or loaded models.
+        Model paths (``.keras`` or SavedModel; required with ``workers`` or ``scheduler``, whose
+        workers load each model once) or loaded models.
     images : str or array-like
         Input for :func:`em_keras.inference.volume_input.open_volume`.
     out : str or zarr.storage.LocalStore
-        A ``.zarr`` store (written chunk by chunk), or a ``.tif``/``.tiff``/
-        ``.npy`` file streamed slice by slice from a hidden work store beside
-        it once every chunk is done.
+        A ``.zarr`` store (written chunk by chunk), or a ``.tif``/``.tiff``/``.npy`` file streamed
+        slice by slice from a hidden work store beside it once every chunk is done.
     chunks : tuple of int, optional
-        ``(Z, Y, X)`` of a chunk (one task, one Zarr chunk). Default: one
-        slice, at most 2048 x 2048 and small enough for memory.
+        ``(Z, Y, X)`` of a chunk (one task, one Zarr chunk). Default: one slice, at most 2048 x 2048
+        and small enough for memory.
     multiple : int, optional
         Pad to a multiple of this (default: the models' common stride).
     halo : int, optional
-        Context pixels around a chunk for whole-slice prediction (default: the
-        models' receptive-field radius, :func:`receptive_field`).
+        Context pixels around a chunk for whole-slice prediction (default: the models'
+        receptive-field radius, :func:`receptive_field`).
     batch_size, tile, overlap, tta
         As in :func:`em_keras.inference.predict.predict_stack`.
-    offsets : list, optional
-        Per model, a label offset ``(dy, dx)`` applied before averaging.
-    offset : (float, float), optional
-        Label offset applied to the mean.
+    offsets, offset : list, optional; (float, float), optional
+        Per model, a label offset ``(dy, dx)`` applied before averaging; one applied to the mean.
     indices : sequence of int, optional
         Predict only these slices (default: all).
     overwrite : bool
@@ -390,8 +406,7 @@ def predict_volume(models, images, out, *, chunks=None, multiple=None, halo=None
         Also stream uint8 0/255 masks (cell = 255, P(cell) > ``threshold``) to this TIFF.
     threshold : float
     workers : int, optional
-        Run the chunks on a local Dask cluster of this many processes, one
-        thread each.
+        Run the chunks on a local Dask cluster of this many processes, one thread each.
     scheduler : str, optional
         Address of a running Dask scheduler to run the chunks on instead.
     client : distributed.Client, optional
@@ -401,37 +416,21 @@ def predict_volume(models, images, out, *, chunks=None, multiple=None, halo=None
     Returns
     -------
     dict
-        ``out``, ``store``, ``shape``, ``chunks``, ``halo``, ``written`` (chunks
-        computed now), ``resumed`` (chunks kept from an earlier run), ``seconds`` (the whole
-        call) and ``chunk_seconds`` (when each computed chunk was done, from the start).
+        ``out``, ``store``, ``shape``, ``chunks``, ``halo``, ``written`` (chunks computed now),
+        ``resumed`` (kept from an earlier run), ``seconds`` (the whole call) and ``chunk_seconds``.
 
     Raises
     ------
     InputError
-        Bad input or settings (see :func:`em_keras.inference.volume_input.open_volume`),
-        a chunk shape too large for memory, a read-only output store, an output
-        store that holds a different array (without ``overwrite``), or a
-        missing optional package.
+        Bad input or settings (see :func:`em_keras.inference.volume_input.open_volume`), a chunk
+        shape too large for memory, a read-only output store, an output store that holds a
+        different array (without ``overwrite``), or a missing optional package.
     """
-    from em_keras.inference.load import load_model
-
     start = time.perf_counter()
-    volume = open_volume(images, "--images")
-    models = list(models)
-    paths = [os.path.abspath(m) for m in models if isinstance(m, (str, os.PathLike))]
-    distributed = bool(workers or scheduler or client is not None)
-    if distributed and (len(paths) != len(models) or volume.source is None):
-        raise InputError("--workers/--scheduler: the models and the images must be given as paths")
-    loaded = [load_model(m) if isinstance(m, (str, os.PathLike)) else m for m in models]
-    store, kind = _store_for(out, volume)
-    job = _make_job(volume, loaded, dict(multiple=multiple, halo=halo, batch_size=batch_size, tile=tile,
-                                         overlap=overlap, tta=tta, offsets=offsets, offset=offset,
-                                         indices=indices), log)
-    job = VolumeJob(**{**job.__dict__, "models": tuple(paths) if distributed else ()})
-    acts = [receptive_field(m)[1] or DEFAULT_ACTIVATION_BYTES for m in loaded]
-    chunks = _plan_chunks(chunks, job, max(acts), volume.dtype.itemsize, workers or 1, "--chunks")
-    record = {**job.record(), "chunks": list(chunks), "input": identity(volume.source or volume),
-              "models": [identity(m) for m in models]}
+    settings = dict(multiple=multiple, halo=halo, batch_size=batch_size, tile=tile, overlap=overlap, tta=tta,
+                    offsets=offsets, offset=offset, indices=indices)
+    volume, loaded, store, kind, job, chunks, record = _setup(
+        models, images, out, settings, chunks, bool(workers or scheduler or client is not None), workers, log)
     with contextlib.ExitStack() as stack:
         if client is None and (workers or scheduler):  # before any output exists: it may fail to connect
             from em_keras.inference.distributed import dask_client

@@ -71,7 +71,10 @@ def overlay_figure(image, seg, labels=None, title=None, scores=None):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError('figures need matplotlib: pip install "em_keras[plots]"') from None
 
     panels = [("segmentation", colorize(image, seg))]
     if labels is not None:
