@@ -6,7 +6,8 @@ import os
 
 from em_keras.errors import ArgumentParser, InputError
 
-__all__ = ["HelpFormatter", "make_parser", "add_debug", "check_distinct", "finite", "unit_interval", "probs_and_labels"]
+__all__ = ["HelpFormatter", "make_parser", "add_debug", "check_distinct", "finite", "unit_interval",
+           "probs_and_labels", "labels_for"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -84,15 +85,31 @@ def probs_and_labels(probs_path, labels_path, slices=None):
     probs : ndarray, float32 (N, H, W)
     labels : ndarray, uint8 (N, H, W) of 0/1
     """
-    from em_keras.data.io import parse_slices, read_labels
     from em_keras.data.probs import load_probs
 
     probs = load_probs(probs_path)
+    return probs, labels_for(probs.shape, probs_path, labels_path, slices)
+
+
+def labels_for(shape, name, labels_path, slices=None):
+    """Read the ``--labels`` slices that an array of ``shape`` (named ``name`` in errors) belongs to.
+
+    Returns
+    -------
+    ndarray, uint8 (N, H, W) of 0/1
+
+    Raises
+    ------
+    InputError
+        When the selected labels do not have ``shape`` (with a ``--slices`` hint).
+    """
+    from em_keras.data.io import parse_slices, read_labels
+
     labels = read_labels(labels_path)
     if slices:
         labels = labels[parse_slices(slices, len(labels), "--slices")]
-    if labels.shape != probs.shape:
-        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == probs.shape[1:] else ""
-        raise InputError(f"{probs_path}: shape {probs.shape} does not match labels {labels_path} "
+    if labels.shape != tuple(shape):
+        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == tuple(shape)[1:] else ""
+        raise InputError(f"{name}: shape {tuple(shape)} does not match labels {labels_path} "
                          f"{labels.shape}{hint}")
-    return probs, labels
+    return labels

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from em_keras.cli.common import add_debug, check_distinct, make_parser, probs_and_labels, unit_interval
+from em_keras.cli.common import add_debug, check_distinct, labels_for, make_parser, probs_and_labels, unit_interval
 from em_keras.errors import InputError
 
 __all__ = ["build_parser", "main", "read_segmentation"]
@@ -58,17 +58,8 @@ def read_segmentation(path):
 
 
 def _seg_and_labels(seg_path, labels_path, slices):
-    from em_keras.data.io import parse_slices, read_labels
-
     seg = read_segmentation(seg_path)
-    labels = read_labels(labels_path)
-    if slices:
-        labels = labels[parse_slices(slices, len(labels), "--slices")]
-    if labels.shape != seg.shape:
-        hint = " (pass --slices, e.g. --slices 20-24)" if labels.shape[1:] == seg.shape[1:] else ""
-        raise InputError(f"--seg {seg_path}: shape {seg.shape} does not match labels {labels_path} "
-                         f"{labels.shape}{hint}")
-    return seg, labels
+    return seg, labels_for(seg.shape, f"--seg {seg_path}", labels_path, slices)
 
 
 def main(argv=None, prog="em-keras evaluate"):
