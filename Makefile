@@ -24,13 +24,12 @@ runs/synthetic/train-volume.tif: | $(PY)
 	$(EM) synth --out runs/synthetic
 
 # Train (held-out = last 5 slices; the run predicts them with TTA and tunes the segmentation on
-# the training slices), then predict the held-out slices again with the exported SavedModel,
-# segment them into cells and score both, with the standalone commands.
+# the training slices), then predict the held-out slices again with the exported SavedModel and
+# segment them into cells with the run's tuned parameters, and score both, with the standalone commands.
 demo: install $(DATA)/train-volume.tif
 	$(EM) train unet $(DEMO_FLAGS) --data $(DATA) --val-slices=$(HELD_OUT) --out $(OUT) --overwrite
 	$(EM) predict --model $(OUT)/saved_model --images $(DATA)/train-volume.tif --slices=$(HELD_OUT) \
-		--tta --out $(OUT)/probs_savedmodel.npy
-	$(EM) segment --probs $(OUT)/probs_savedmodel.npy --out $(OUT)/cells.tif
+		--tta --out $(OUT)/probs_savedmodel.npy --segment $(OUT)/cells.tif
 	$(EM) evaluate --probs $(OUT)/probs_savedmodel.npy --seg $(OUT)/cells.tif \
 		--labels $(DATA)/train-labels.tif --slices=$(HELD_OUT) --json $(OUT)/evaluate.json
 

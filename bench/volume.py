@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 GIB = 2 ** 30
+PARTS = ("rss", "workers", "compare")
 
 
 def _write_volume(path, n, size):
@@ -157,6 +158,17 @@ def _run(args):
     out = os.path.join(args.scratch, "out.zarr")
     print(f"\nmodel: build_unet(filters=4, depth=2), untrained; slices {args.slice}x{args.slice} uint8; "
           f"chunks {args.chunks}; {os.cpu_count()} CPUs\n")
+    if "rss" in args.parts:
+        _rss(args, vols, model, chunks, out)
+    if "workers" in args.parts:
+        _workers(args, vols[0], model, chunks, out)
+    if "compare" in args.parts:
+        _compare(args, vols[0], model, chunks, out)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _rss(args, vols, model, chunks, out):
+    """1. Peak RSS and slices/s of each volume, chunked in one process."""
     print(f"{'volume':>11} {'slices':>7} {'peak RSS (tree)':>16} {'slices/s':>9} {'overall':>8}")
     peaks = []
     for path, n in vols:
@@ -168,7 +180,11 @@ def _run(args):
               flush=True)
     if len(peaks) > 1:
         print(f"peak RSS largest / smallest volume: {peaks[-1] / peaks[0]:.3f} (target <= 1.10)")
-    path, n = vols[0]
+
+
+def _workers(args, vol, model, chunks, out):
+    """2. The smallest volume on a local Dask cluster of each worker count."""
+    path, n = vol
     print(f"\nDask local cluster, one thread per worker, on the {n}-slice volume:")
     print(f"{'workers':>7} {'slices/s':>9} {'overall':>8} {'peak RSS (tree)':>16}")
     rates = {}
@@ -180,6 +196,11 @@ def _run(args):
         print(f"{w:>7} {rates[w]:>9.2f} {overall:>8.2f} {peak / GIB:>12.2f} GiB", flush=True)
     if 1 in rates and 2 in rates:
         print(f"2 workers / 1 worker: {rates[2] / rates[1]:.2f}x (target >= 1.7x)")
+
+
+def _compare(args, vol, model, chunks, out):
+    """3. The same slices in memory and chunk by chunk."""
+    path, n = vol
     k = min(args.compare, n)
     shutil.rmtree(out, ignore_errors=True)
     inmem, _ = _measure({"kind": "inmem", "model": model, "images": path, "indices": list(range(k))})
@@ -200,6 +221,8 @@ def main(argv=None):
     ap.add_argument("--compare", type=int, default=8, help="slices for in-memory vs chunked (default %(default)d)")
     ap.add_argument("--scratch", help="folder for the volumes and outputs (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (reuse the volumes next time)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="which measurements to run (default: all): rss = 1., workers = 2., compare = 3.")
     ap.add_argument("--small", action="store_true", help="a quick smoke: 512 x 512 slices of ~4 and ~16 MB")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

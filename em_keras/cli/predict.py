@@ -41,6 +41,13 @@ def build_parser(prog="em-keras predict"):
                         "offset recorded with each model; 0,0 turns it off)")
     p.add_argument("--masks", help="also write uint8 0/255 masks (cell = 255) to this .tif")
     p.add_argument("--threshold", type=float, default=0.5, help="P(cell) above this is cell, for --masks")
+    p.add_argument("--segment", metavar="CELLS.tif",
+                   help="also segment the P(cell) into cells and write the label image here (as "
+                        "em-keras segment does; uint16 when the ids fit, else uint32)")
+    p.add_argument("--segment-params", metavar="JSON",
+                   help="segmentation parameters for --segment (default: the segment.json of the first "
+                        "model's training run, beside the .keras file or the SavedModel folder, else "
+                        "the built-in defaults)")
     v = p.add_argument_group("volumes larger than memory (chunked, resumable)")
     v.add_argument("--chunks", metavar="Z,Y,X", help="chunk shape: one task and one Zarr chunk each "
                    "(default: 1 slice, up to 2048x2048, fitting memory)")
@@ -78,8 +85,14 @@ def _check_args(args):
         _check_volume_args(args)
     elif not args.out.endswith(".npy"):
         raise InputError(f"--out {args.out}: must end with .npy")
-    if args.masks is not None and not args.masks.lower().endswith((".tif", ".tiff")):
-        raise InputError(f"--masks {args.masks}: must end with .tif or .tiff")
+    for flag, path in (("--masks", args.masks), ("--segment", args.segment)):
+        if path is not None and not path.lower().endswith((".tif", ".tiff")):
+            raise InputError(f"{flag} {path}: must end with .tif or .tiff")
+    if args.segment_params is not None and args.segment is None:
+        raise InputError("--segment-params needs --segment")
+    if args.segment is not None and volume_mode(args):
+        raise InputError("--segment works on stacks predicted in memory; for a volume, run "
+                         "em-keras segment --probs on the --out store")
     unit_interval("--threshold", args.threshold)
     if args.batch_size <= 0 or (args.multiple is not None and args.multiple <= 0):
         raise InputError("--batch-size and --multiple must be positive")
@@ -92,8 +105,9 @@ def _check_args(args):
             args.overlap = min(32, args.tile // 4)
         if not 0 <= 2 * args.overlap < args.tile:
             raise InputError(f"--overlap {args.overlap}: must be >= 0 and < --tile/2 ({args.tile / 2:g})")
-    inputs = {"--images": args.images, **{f"--model {m}": m for m in args.model}}
-    check_distinct({"--out": args.out, "--masks": args.masks}, inputs)
+    inputs = {"--images": args.images, "--segment-params": args.segment_params,
+              **{f"--model {m}": m for m in args.model}}
+    check_distinct({"--out": args.out, "--masks": args.masks, "--segment": args.segment}, inputs)
 
 
 def main(argv=None, prog="em-keras predict"):
@@ -106,8 +120,9 @@ def main(argv=None, prog="em-keras predict"):
     from em_keras.inference.predict import predict_ensemble
 
     _check_args(args)
-    if args.masks is not None:
-        check_writable(args.masks, "--masks")
+    for flag in ("--masks", "--segment"):
+        if getattr(args, flag[2:]) is not None:
+            check_writable(getattr(args, flag[2:]), flag)
     offset = parse_offset(args.offset) if args.offset is not None else None
     if volume_mode(args):
         return _main_volume(args, offset)
@@ -115,6 +130,7 @@ def main(argv=None, prog="em-keras predict"):
     images = read_stack(args.images)
     indices = parse_slices(args.slices, len(images), "--slices") if args.slices else None
     models = [load_model(path) for path in args.model]
+    params = _segment_params(args)
     stride = args.multiple or common_multiple(models)
     if args.tile is not None and args.tile % stride:
         raise InputError(f"--tile {args.tile}: must be a multiple of the model stride {stride}")
@@ -129,7 +145,52 @@ def main(argv=None, prog="em-keras predict"):
         save_tiff(args.masks, np.where(probs > args.threshold, 255, 0).astype(np.uint8))
     what = "P(cell)" if len(models) == 1 else f"P(cell), mean of {len(models)} models"
     print(f"wrote {args.out}: {probs.shape[0]} slices of {probs.shape[1]}x{probs.shape[2]} {what}")
+    if args.segment:
+        _segment(args, probs, params)
     return 0
+
+
+def run_segment_params(model_path):
+    """The ``segment.json`` stored with the training run of ``model_path``, or None.
+
+    A run folder holds ``last.keras``, ``saved_model/`` and ``segment.json`` side by side;
+    an exported SavedModel may carry its own copy in ``assets.extra/``.
+    """
+    import os
+
+    path = os.path.abspath(os.fspath(model_path)).rstrip(os.sep)
+    candidates = [os.path.join(os.path.dirname(path), "segment.json")]
+    if os.path.isdir(path):
+        candidates.insert(0, os.path.join(path, "assets.extra", "segment.json"))
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def _segment_params(args):
+    """(params, where they come from) for ``--segment``, checked before the (slow) prediction; or None."""
+    if args.segment is None:
+        return None
+    from em_keras.postprocess import segment as seg
+
+    path = args.segment_params or run_segment_params(args.model[0])
+    if path is None:
+        return seg.check_params(), "built-in defaults (no segment.json with the model)"
+    return seg.load_params(path), path
+
+
+def _segment(args, probs, params):
+    """Segment the predicted stack into cells and write ``--segment``."""
+    import os
+
+    from em_keras.cli.segment import write_labels
+    from em_keras.postprocess import segment as seg
+
+    params, source = params
+    print(f"segmenting with parameters: {source}")
+    try:
+        cells = seg.segment_stack(probs, params, workers=min(os.cpu_count() or 1, 8))
+    except InputError as exc:
+        raise InputError(f"--segment {args.segment}: {exc}") from None
+    print(write_labels(args.segment, cells))
 
 
 def _recorded(args, offset):
