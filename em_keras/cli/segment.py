@@ -1,4 +1,13 @@
-"""``em-keras segment``: turn P(cell) into cells (a label image), or tune how on labelled slices."""
+"""``em-keras segment``: turn P(cell) into cells (a label image), or tune how on labelled slices.
+
+A stack that fits in memory is segmented whole (``--workers`` processes share
+its slices). A volume is segmented slice by slice
+(:mod:`em_keras.postprocess.volume_segment`) when ``--probs`` or ``--out`` is a
+Zarr store or when ``--chunks``, ``--scheduler`` or ``--overwrite`` is given:
+P(cell) is read lazily, the labels go to a uint32 Zarr store slice by slice (or
+are streamed to a TIFF at the end), a rerun resumes an interrupted one, and
+``--workers``/``--scheduler`` spread the slices over Dask.
+"""
 
 import os
 
@@ -25,11 +34,15 @@ def build_parser(prog="em-keras segment"):
                 "  em-keras segment --tune --probs run/train_probs.npy --labels train-labels.tif \\\n"
                 "      --slices 0-19 --save-params run/segment.json\n"
                 "  # segment held-out slices (run/segment.json is found beside the probabilities)\n"
-                "  em-keras segment --probs run/probs.npy --out cells.tif --boundaries membranes.tif")
-    p.add_argument("--probs", required=True, help=".npy or float TIFF, (N, H, W) P(cell)")
+                "  em-keras segment --probs run/probs.npy --out cells.tif --boundaries membranes.tif\n"
+                "  # a volume beyond memory, slice by slice on 4 Dask worker processes (resumable)\n"
+                "  em-keras segment --probs probs.zarr --params run/segment.json --out cells.zarr --workers 4")
+    p.add_argument("--probs", required=True, help=".npy or float TIFF, (N, H, W) P(cell); or a Zarr / OME-Zarr "
+                   "array (read lazily, slice by slice)")
     p.add_argument("--images", help="the EM images of these slices (checked to match the probabilities)")
     p.add_argument("--slices", help="the slices of --images / --labels the probabilities belong to, e.g. 20-24")
-    p.add_argument("--out", help="label image to write (TIFF: uint16 when the ids fit, else uint32)")
+    p.add_argument("--out", help="label image to write (TIFF: uint16 when the ids fit, else uint32); or a "
+                   ".zarr store of uint32 labels written slice by slice")
     p.add_argument("--boundaries", metavar="OUT.tif",
                    help="also write the membrane map the ISBI scorer reads (uint8: 0 on borders, 1 inside)")
     p.add_argument("--params", metavar="JSON",
@@ -38,16 +51,34 @@ def build_parser(prog="em-keras segment"):
     p.add_argument("--figures", metavar="DIR",
                    help="also draw each slice's cells over --images into DIR/slice_NNN.png (beside the "
                         "ground-truth cells and the slice's V_rand / V_info when --labels is given)")
-    p.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
-                   help="processes segmenting slices in parallel")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="in memory: N processes segment the slices in parallel (default: the CPUs, at most "
+                        "8); for a volume: a local Dask cluster of N worker processes, one thread each "
+                        "(default: the slices one after another in this process)")
     tune = p.add_argument_group("tuning on labelled (training) slices")
     tune.add_argument("--tune", action="store_true",
                       help="pick the parameters by V_rand against --labels (--params, if given, sets the "
                            "values not tuned)")
     tune.add_argument("--labels", help="label stack (cell = 255/1, membrane = 0) for --tune (or --figures)")
     tune.add_argument("--save-params", metavar="JSON", help="write the tuned parameters here (with --tune)")
+    v = p.add_argument_group("volumes larger than memory (slice by slice, resumable)",
+                             "used when --probs or --out is a Zarr store, or with any of these flags")
+    v.add_argument("--chunks", metavar="Y,X", help="chunk shape of the label store in Y,X; a chunk is one "
+                   "slice deep (default: up to 2048,2048)")
+    v.add_argument("--scheduler", metavar="ADDRESS", help="segment the slices on a running Dask scheduler, "
+                   "e.g. tcp://HOST:8786 (its workers need em_keras and the files)")
+    v.add_argument("--overwrite", action="store_true", help="replace an output store that holds a different "
+                   "array (otherwise an interrupted run of the same command resumes)")
     add_debug(p)
     return p
+
+
+def volume_mode(args):
+    """Whether ``args`` ask for the slice-by-slice volume path."""
+    from em_keras.inference.volume_input import is_zarr
+
+    return (is_zarr(args.probs) or (args.out is not None and is_zarr(args.out)) or args.overwrite
+            or args.chunks is not None or args.scheduler is not None)
 
 
 def default_params_path(probs_path):
@@ -56,10 +87,23 @@ def default_params_path(probs_path):
     return path if os.path.isfile(path) else None
 
 
+def _check_volume_flags(args):
+    """The flags that need the whole stack in memory are refused for a volume."""
+    for flag in ("tune", "images", "labels", "slices", "figures", "save_params"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag.replace('_', '-')} works on stacks segmented in memory, not with a Zarr "
+                             f"--probs or --out, --chunks, --scheduler or --overwrite")
+    if args.out is None:
+        raise InputError("--out is required")
+
+
 def _check_flags(args):
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: must be >= 1")
-    if args.tune:
+    volume = volume_mode(args)
+    if volume:
+        _check_volume_flags(args)
+    elif args.tune:
         if not args.labels or not args.save_params:
             raise InputError("--tune needs --labels and --save-params")
     else:
@@ -73,8 +117,13 @@ def _check_flags(args):
         raise InputError("--boundaries needs --out")
     if args.figures and not (args.out and args.images):
         raise InputError("--figures needs --out and --images")
-    for flag, path, exts in (("--out", args.out, (".tif", ".tiff")), ("--boundaries", args.boundaries,
-                             (".tif", ".tiff")), ("--save-params", args.save_params, (".json",))):
+    from em_keras.inference.volume_input import is_zarr
+
+    store = volume and args.out is not None and is_zarr(args.out)
+    out_exts = (".zarr", ".tif", ".tiff") if volume else (".tif", ".tiff")
+    for flag, path, exts in (("--out", None if store else args.out, out_exts),
+                             ("--boundaries", args.boundaries, (".tif", ".tiff")),
+                             ("--save-params", args.save_params, (".json",))):
         if path is not None and not path.lower().endswith(exts):
             raise InputError(f"{flag} {path}: expected a {' or '.join(exts)} file name")
     outputs = {"--out": args.out, "--boundaries": args.boundaries, "--save-params": args.save_params}
@@ -84,7 +133,7 @@ def _check_flags(args):
 
     for flag, path in outputs.items():
         if path is not None:
-            check_writable(path, flag)
+            check_writable(path, flag, directory=store and flag == "--out")
     if args.figures is not None:
         check_writable(args.figures, "--figures", directory=True)
 
@@ -138,8 +187,9 @@ def write_labels(out, labels, boundaries=None):
     """
     from em_keras.atomic import save_tiff
     from em_keras.postprocess.segment import boundary_map
+    from em_keras.postprocess.volume_segment import label_dtype
 
-    dtype = np.uint16 if int(labels.max()) <= np.iinfo(np.uint16).max else np.uint32
+    dtype = label_dtype(labels.max()).type
     save_tiff(out, labels.astype(dtype))
     if boundaries:
         save_tiff(boundaries, boundary_map(labels))
@@ -155,6 +205,8 @@ def main(argv=None, prog="em-keras segment"):
     from em_keras.postprocess import segment as seg
 
     _check_flags(args)
+    if volume_mode(args):
+        return _main_volume(args, seg)
     probs, images, labels, index = _read_inputs(args)
     try:
         if args.tune:
@@ -169,7 +221,8 @@ def main(argv=None, prog="em-keras segment"):
             params, source = _params(args, seg)
             print(source)
         if args.out:
-            result = seg.segment_stack(probs, params, images=images, workers=args.workers)
+            workers = args.workers or min(os.cpu_count() or 1, 8)
+            result = seg.segment_stack(probs, params, images=images, workers=workers)
     except InputError as exc:
         raise InputError(f"{args.probs}: {exc}") from None
     if args.out:
@@ -179,4 +232,21 @@ def main(argv=None, prog="em-keras segment"):
 
         paths = save_overlays(args.figures, images, result, labels, names=[f"slice_{i:03d}" for i in index])
         print(f"wrote {len(paths)} figures to {args.figures}")
+    return 0
+
+
+def _main_volume(args, seg):
+    """The slice-by-slice path: lazy P(cell), a Zarr store written slice by slice, resumable, optionally on Dask."""
+    from em_keras.postprocess.volume_segment import parse_label_chunks, segment_volume
+
+    chunks = parse_label_chunks(args.chunks) if args.chunks is not None else None
+    params, source = _params(args, seg)
+    print(source)
+    res = segment_volume(args.probs, args.out, params, boundaries=args.boundaries, chunks=chunks,
+                         overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler)
+    n, h, w = res["shape"]
+    kept = f", {res['resumed']} kept from an earlier run" if res["resumed"] else ""
+    extra = f" and {args.boundaries}" if args.boundaries else ""
+    print(f"wrote {res['out']}{extra}: {n} slices of {h}x{w}, {res['dtype'].name}, {min(res['cells'])}-"
+          f"{max(res['cells'])} cells per slice ({res['written']} segmented{kept}) in {res['seconds']:.1f} s")
     return 0

@@ -1,4 +1,4 @@
-"""Run the chunks of a volume prediction as tasks on a Dask cluster.
+"""Run the chunks of a volume prediction (or the slices of a segmentation) as tasks on a Dask cluster.
 
 Every chunk is one task (:func:`run_chunk`): it predicts the chunk and writes
 it into the output store itself, then marks it done, so the workers need the
@@ -11,7 +11,8 @@ gives the chunk to another worker; a task that fails with an error is retried.
 thread each (and one TensorFlow thread each); ``dask_client(scheduler=ADDRESS)``
 connects to a running scheduler, e.g. one started with ``dask scheduler`` and
 ``dask worker ADDRESS --nthreads 1`` on each machine (each with em_keras and
-its ``volume`` extra installed).
+its ``volume`` extra installed). :func:`run_tasks` runs any such per-key task;
+:mod:`em_keras.postprocess.volume_segment` uses it for one task per slice.
 """
 
 import contextlib
@@ -23,7 +24,7 @@ import uuid
 from em_keras.errors import InputError
 from em_keras.inference.volume_store import require
 
-__all__ = ["WORKER_ENV", "dask_client", "run_chunks", "run_chunk", "cached_model", "cached_volume",
+__all__ = ["WORKER_ENV", "dask_client", "run_tasks", "run_chunks", "run_chunk", "cached_model", "cached_volume",
            "load_counts"]
 
 #: Environment of local worker processes: one compute thread each, TensorFlow's included.
@@ -48,13 +49,13 @@ def load_counts():
     return dict(_LOADS)
 
 
-def cached_volume(source, norm):
-    """The input volume at ``source``, opened once per process."""
+def cached_volume(source, norm, flag="--images"):
+    """The input volume at ``source``, opened once per process (``flag`` names it in errors)."""
     from em_keras.inference.volume_input import open_volume
 
     key = (os.path.realpath(source), tuple(norm))
     if key not in _VOLUMES:
-        _VOLUMES[key] = open_volume(source, norm=norm)
+        _VOLUMES[key] = open_volume(source, flag, norm=norm)
     return _VOLUMES[key]
 
 
@@ -115,19 +116,56 @@ def run_chunks(client, job, keys, log=print, retries=2):
     InputError
         A chunk whose workers kept dying (e.g. out of memory), or an error a task raised.
     """
+    return run_tasks(client, run_chunk, job, keys, log=log, retries=retries)
+
+
+def run_tasks(client, task, job, keys, log=print, retries=2, unit="chunks", hint="try smaller --chunks"):
+    """Run ``task(job, key)`` for every key on the cluster and wait for all of them.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    task : callable
+        A module-level function (workers import it) that does one key's work and writes it. It may
+        return an :class:`InputError` instead of raising it (bad input, which no retry mends): that
+        is raised here, without a retry or the worker's error log.
+    job
+        What every task needs (picklable).
+    keys : list of tuple of int
+    log : callable
+        Called with a progress line about every tenth of the keys.
+    retries : int
+        Times a task whose worker died (or that raised) is run again.
+    unit : str
+        What a key is, in the progress lines.
+    hint : str
+        Advice when a key's workers keep dying.
+
+    Returns
+    -------
+    list of float
+        ``time.perf_counter()`` when each key was done, in the order they finished.
+
+    Raises
+    ------
+    InputError
+        A key whose workers kept dying (e.g. out of memory), or an error a task raised.
+    """
     distributed = require("distributed")
     token = uuid.uuid4().hex[:8]
-    futures = [client.submit(run_chunk, job, key, key=f"em-keras-chunk-{token}-{'-'.join(map(str, key))}",
+    futures = [client.submit(task, job, key, key=f"em-keras-{unit[:-1]}-{token}-{'-'.join(map(str, key))}",
                              retries=retries, pure=False) for key in keys]
     step, times = -(-len(futures) // 10), []
     try:
         for i, future in enumerate(distributed.as_completed(futures), 1):
-            future.result()
+            result = future.result()
+            if isinstance(result, InputError):
+                raise result
             times.append(time.perf_counter())
             if i % step == 0 or i == len(futures):
-                log(f"  {i}/{len(futures)} chunks")
+                log(f"  {i}/{len(futures)} {unit}")
     except distributed.KilledWorker as exc:
-        raise InputError(f"a chunk's workers died repeatedly ({exc}); out of memory? try smaller --chunks") from None
+        raise InputError(f"a {unit[:-1]}'s workers died repeatedly ({exc}); out of memory? {hint}") from None
     finally:
         client.cancel([f for f in futures if not f.done()])
     return times

@@ -1,11 +1,12 @@
-"""The Zarr store a chunked prediction writes into, resumable chunk by chunk.
+"""The Zarr store a chunked prediction or segmentation writes into, resumable chunk by chunk.
 
-A store is one float32 Zarr (v3) array at the root of a directory. Its
-attributes carry an ``em_keras`` record: the job that writes it (input, models,
-chunking, tiling...) and ``complete``. Unwritten chunks read as NaN (the fill
-value). When a worker has written a chunk it marks it done with an empty file
-in ``.em_keras_done/``, created atomically (written under a temporary name,
-then renamed), so a run that was killed at any point can be restarted: the
+A store is one Zarr (v3) array at the root of a directory: float32 P(cell)
+(unwritten chunks read as NaN, the fill value) or uint32 cell labels (unwritten
+slices read as 0). Its attributes carry an ``em_keras`` record: the job that
+writes it (input, models, chunking, tiling...) and ``complete``. When a
+worker has written a chunk it marks it done with an empty file in
+``.em_keras_done/``, created atomically (written under a temporary name, then
+renamed), so a run that was killed at any point can be restarted: the
 chunks with a marker are kept, all others are computed again. When every chunk
 is done ``complete`` becomes true and the markers are removed.
 
@@ -109,11 +110,12 @@ def _describe(node):
     if isinstance(node, str):
         return "a Zarr group or an unreadable store"
     rec = node.attrs.get(ATTR)
-    what = "another prediction" if isinstance(rec, dict) else "an array not written by em_keras"
+    kind = rec.get("job", {}).get("what", "prediction") if isinstance(rec, dict) else None
+    what = f"another {kind}" if kind else "an array not written by em_keras"
     return f"{what} (shape {tuple(node.shape)}, {node.dtype}, chunks {tuple(node.chunks)})"
 
 
-def open_output(out, shape, chunks, job, overwrite=False, flag="--out"):
+def open_output(out, shape, chunks, job, overwrite=False, flag="--out", dtype="float32"):
     """Create the output array, or reopen it to resume the same job.
 
     Parameters
@@ -130,6 +132,8 @@ def open_output(out, shape, chunks, job, overwrite=False, flag="--out"):
         is not a Zarr store).
     flag : str
         Names the output in error messages.
+    dtype : str
+        dtype of the array; unwritten chunks read as NaN (floats) or 0 (integers).
 
     Returns
     -------
@@ -148,7 +152,7 @@ def open_output(out, shape, chunks, job, overwrite=False, flag="--out"):
     zarr = require("zarr")
     path = store_path(out, flag)
     job = json.loads(json.dumps(job))
-    shape, chunks = tuple(int(v) for v in shape), tuple(int(v) for v in chunks)
+    shape, chunks, dtype = tuple(int(v) for v in shape), tuple(int(v) for v in chunks), np.dtype(dtype)
     if os.path.exists(path) and not os.path.isdir(path):
         raise InputError(f"{flag} {path}: exists and is not a Zarr store (a directory); refusing to replace it")
     _check_store_writable(path, flag)
@@ -159,7 +163,7 @@ def open_output(out, shape, chunks, job, overwrite=False, flag="--out"):
         if node is not None and not isinstance(node, str):
             rec = node.attrs.get(ATTR)
             same = (isinstance(rec, dict) and rec.get("job") == job and tuple(node.shape) == shape
-                    and tuple(node.chunks) == chunks and node.dtype == np.float32)
+                    and tuple(node.chunks) == chunks and node.dtype == dtype)
             if same and rec.get("complete"):
                 return path, set(_all_keys(shape, chunks))
             if same:
@@ -168,7 +172,8 @@ def open_output(out, shape, chunks, job, overwrite=False, flag="--out"):
             raise InputError(f"{flag} {path}: already holds {_describe(node)}; pass --overwrite to "
                              f"replace it")
         shutil.rmtree(path)
-    zarr.create_array(store=path, shape=shape, chunks=chunks, dtype="float32", fill_value=np.nan,
+    fill = np.nan if dtype.kind == "f" else 0
+    zarr.create_array(store=path, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
                       zarr_format=3, dimension_names=("z", "y", "x"),
                       attributes={ATTR: {"job": job, "complete": False}})
     return path, set()
@@ -194,7 +199,8 @@ def write_chunk(path, key, region, data):
         The chunk's grid index.
     region : tuple of slice
         Where ``data`` goes in the array (exactly the chunk).
-    data : ndarray, float32
+    data : ndarray
+        Of the array's dtype.
     """
     zarr = require("zarr")
     zarr.open_array(path, mode="r+")[region] = data

@@ -63,6 +63,9 @@ __all__ = [
     "boundary_map",
     "reference_quantiles",
     "match_reference",
+    "quantile_step",
+    "sample_quantiles",
+    "apply_quantiles",
     "tune",
     "save_params",
     "load_params",
@@ -189,10 +192,35 @@ def _finish(frag, membrane, merges, params, relabel=True, graph=None):
 _QUANTILE_SAMPLE = 1 << 21  # quantiles of larger stacks are taken on an even subsample of this size
 
 
+def quantile_step(size):
+    """The stride of the even subsample whose quantiles stand for a stack of ``size`` pixels.
+
+    The quantiles of a stack are those of ``probs.ravel()[::quantile_step(probs.size)]``
+    (:func:`sample_quantiles`), so a stack read slice by slice gives exactly the same ones.
+    """
+    return max(1, int(size) // _QUANTILE_SAMPLE)
+
+
+def sample_quantiles(sample, points):
+    """Quantiles of a subsample at ``points`` evenly spaced levels from 0 to 1 (float64)."""
+    return np.quantile(np.asarray(sample, dtype=np.float64), np.linspace(0, 1, points))
+
+
 def _quantiles(probs, points):
     flat = np.asarray(probs).ravel()
-    step = max(1, flat.size // _QUANTILE_SAMPLE)
-    return np.quantile(flat[::step].astype(np.float64), np.linspace(0, 1, points))
+    return sample_quantiles(flat[::quantile_step(flat.size)], points)
+
+
+def apply_quantiles(probs, own, reference):
+    """Map ``probs`` from its quantiles ``own`` onto ``reference`` (the second half of :func:`match_reference`).
+
+    Element by element, so a stack matched slice by slice (with the whole stack's
+    ``own``) equals the stack matched at once.
+    """
+    own = np.asarray(own, dtype=np.float64)
+    own = own + np.linspace(0, 1e-9, own.size)  # strictly increasing for np.interp
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.clip(np.interp(probs, own, np.asarray(reference, dtype=np.float64)), 0, 1).astype(np.float32)
 
 
 def reference_quantiles(probs, points=REFERENCE_POINTS):
@@ -230,9 +258,7 @@ def match_reference(probs, reference):
     """
     probs = np.asarray(probs, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
-    own = _quantiles(probs, ref.size)
-    own = own + np.linspace(0, 1e-9, own.size)  # strictly increasing for np.interp
-    return np.clip(np.interp(probs, own, ref), 0, 1).astype(np.float32)
+    return apply_quantiles(probs, _quantiles(probs, ref.size), ref)
 
 
 def segment_slice(prob, params=None):
