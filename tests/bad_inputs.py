@@ -297,6 +297,11 @@ def _predict(*extra, model="{model}", images="{vol}", out="{dir}/pred_out/p.npy"
     return "predict", ["--model", model, "--images", images, "--out", out] + list(extra)
 
 
+def _segvol(*extra, probs="{probs}", out="{dir}/seg_out/cells.zarr"):
+    """A ``segment`` command line in volume mode (slice by slice into a Zarr store)."""
+    return "segment", ["--probs", probs, "--out", out] + list(extra)
+
+
 def _segment(*extra, probs="{probs}", out="{dir}/seg_out/cells.tif"):
     return "segment", ["--probs", probs] + (["--out", out] if out else []) + ["--workers", "1"] + list(extra)
 
@@ -563,6 +568,19 @@ _CASES_SEGMENT = [
     C(_segment("--params", "{seg_params_bad}"), "min_size", "`--params`: `min_size -5`"),
     C(_segment("--params", "{seg_params_unknown}"), "unknown segmentation parameter", "`--params`: unknown key"),
     C(_segment("--params", "{seg_params_format}"), "unknown format", "`--params`: another format"),
+    C(_segvol(probs="{zarr_group}"), "is a Zarr group, not an array", "`--probs`: a Zarr group (volume)"),
+    C(_segvol(probs="{zarr_4d}"), "--probs", "`--probs`: a 4-D Zarr array (volume)"),
+    C(_segvol(probs="{zarr_vol}"), "--probs", "`--probs`: a uint8 Zarr array (volume)"),
+    C(_segvol(probs="{zarr_junk}"), "--probs", "`--probs`: a folder named .zarr that is no Zarr store"),
+    C(_segvol(probs="{probs_nan}"), "NaN", "`--probs` hold NaN (volume)"),
+    C(_segvol(probs="{probs_big}"), "[0, 1]", "`--probs` above 1 (volume)"),
+    C(_segvol(out="{zarr_other_out}"), "pass --overwrite", "`--out` Zarr holds another array (volume)"),
+    C(_segvol(out="{zarr_vol}", probs="{zarr_vol}"), "same file as --probs", "`--out` is the `--probs` store"),
+    C(_segvol("--chunks", "0,8"), "--chunks", "`--chunks 0,8` (volume)"),
+    C(_segvol("--workers", "0"), "--workers 0", "`--workers 0` (volume)"),
+    C(_segvol("--tune", "--labels", "{lab}", "--save-params", "{dir}/s.json"), "in memory",
+      "`--tune` with a Zarr `--out`"),
+    C(_segvol(out="{dir}/cells.png", probs="{zarr_vol}"), "--out", "`--out cells.png` with a Zarr `--probs`"),
 ]
 
 _CASES_EVALUATE = [

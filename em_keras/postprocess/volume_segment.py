@@ -196,16 +196,32 @@ def _fill(store, job, record, overwrite, volume, client, log):
     """Open (or resume) the label store and segment its missing slices; ``(path, written)``."""
     from em_keras.inference.volume_store import finalize, open_output
 
+    created = _first_missing(store)
     path, done = open_output(store, job.shape, job.chunks, record, overwrite=overwrite, dtype="uint32")
     job = dataclasses.replace(job, store=os.path.abspath(path))
     done = {key[0] for key in done}
     todo = [key for key in job.keys() if key[0] not in done]
     if done:
         log(f"resuming {path}: {len(done)} of {job.shape[0]} slices already segmented")
-    if todo:
-        _run(job, volume, todo, client, log)
+    try:
+        if todo:
+            _run(job, volume, todo, client, log)
+    except InputError:
+        if created is not None:  # a store this call began holds nothing worth resuming from bad input
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finalize(path)
     return path, len(todo)
+
+
+def _first_missing(store):
+    """The outermost folder on the way to ``store`` that does not exist yet (None if the store exists)."""
+    if not isinstance(store, (str, os.PathLike)):
+        return None
+    path, missing = os.path.abspath(os.fspath(store)), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
 
 
 def _finish(path, kind, out, boundaries):
@@ -275,8 +291,8 @@ def segment_volume(probs, out, params=None, *, boundaries=None, chunks=None, ove
     ------
     InputError
         Bad input (see :func:`open_probs`), a slice with NaN or out-of-range
-        values or no confident cell (named by its index; the store is then
-        not marked complete), a read-only output store, one that holds a
+        values or no confident cell (named by its index; a store this call
+        began is then removed, a resumed one is kept incomplete), a read-only output store, one that holds a
         different array (without ``overwrite``), or a missing optional package.
     """
     start = time.perf_counter()
