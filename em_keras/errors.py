@@ -45,6 +45,8 @@ def run_cli(main, argv=None):
     First calls :func:`em_keras.runtime.prepare_tensorflow`: TensorFlow, loaded
     later, then uses its oneDNN CPU kernels on x86-64 (unless
     ``TF_ENABLE_ONEDNN_OPTS`` is set) without printing its start-up banner.
+    A ``KERAS_BACKEND`` that is unknown or not installed is a bad input
+    (:func:`em_keras.runtime.check_backend`).
 
     Parameters
     ----------
@@ -63,7 +65,7 @@ def run_cli(main, argv=None):
     """
     import os
 
-    from em_keras.runtime import prepare_tensorflow
+    from em_keras.runtime import check_backend, prepare_tensorflow
 
     # TensorFlow is imported lazily, after this: keep its start-up INFO lines off stderr,
     # and use its oneDNN CPU kernels on x86-64 unless TF_ENABLE_ONEDNN_OPTS says otherwise.
@@ -76,6 +78,8 @@ def run_cli(main, argv=None):
 
         warnings.showwarning = _one_line_warning
     try:
+        # a KERAS_BACKEND that Keras cannot load: one line naming the extra, before Keras loads
+        check_backend(need_package=bool(os.environ.get("KERAS_BACKEND")))
         code = main(argv)
     except InputError as exc:
         if debug:

@@ -1,4 +1,8 @@
-"""Process set-up that must happen before TensorFlow loads: CPU kernels and start-up noise.
+"""Process set-up that must happen before Keras or TensorFlow loads: backend, CPU kernels, start-up noise.
+
+:func:`check_backend` turns a ``KERAS_BACKEND`` that Keras cannot load (an
+unknown name, or a backend whose package is not installed) into a one-line
+:class:`em_keras.errors.InputError` that names the extra to install.
 
 TensorFlow's Linux wheels carry oneDNN CPU kernels but turn them on by default
 only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX. Elsewhere (e.g. AMD Zen 3)
@@ -13,13 +17,15 @@ Nothing here imports TensorFlow, and importing the module has no side effects.
 import contextlib
 import importlib.abc
 import importlib.util
+import json
 import os
 import platform
 import re
 import sys
 import tempfile
 
-__all__ = ["ONEDNN_ENV", "enable_onednn", "disable_onednn", "undo_enable_onednn", "onednn_enabled", "kernels_differ",
+__all__ = ["BACKENDS", "keras_backend_name", "check_backend", "tensorflow_available", "ONEDNN_ENV",
+           "enable_onednn", "disable_onednn", "undo_enable_onednn", "onednn_enabled", "kernels_differ",
            "quiet_tensorflow_import", "prepare_tensorflow"]
 
 #: The environment variable TensorFlow reads once, when it loads.
@@ -28,6 +34,112 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 _AUTO_MARK = "EM_KERAS_ONEDNN_AUTO"
 
 _X86_64 = ("x86_64", "amd64")
+
+#: Keras backend -> (the package it needs, the em_keras extra that installs it).
+BACKENDS = {"tensorflow": ("tensorflow", "cpu"), "jax": ("jax", "jax"), "torch": ("torch", "torch")}
+
+
+def keras_backend_name(environ=None):
+    """The Keras backend that ``import keras`` will load, and where the choice comes from.
+
+    ``$KERAS_BACKEND``, else the ``backend`` of ``keras.json`` in ``$KERAS_HOME``
+    (default ``~/.keras``), else ``tensorflow``, the order Keras reads them in.
+
+    Returns
+    -------
+    (str, str)
+        The backend name (not checked) and its source: ``"KERAS_BACKEND"``,
+        the keras.json path, or ``"default"``.
+
+    Examples
+    --------
+    >>> keras_backend_name({"KERAS_BACKEND": "jax"})
+    ('jax', 'KERAS_BACKEND')
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("KERAS_BACKEND"):
+        return environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    home = environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(home, "keras.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            name = json.load(fh).get("backend")
+        if isinstance(name, str) and name:
+            return name, path
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "tensorflow", "default"
+
+
+def _installed(package):
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_backend(environ=None, need_package=True, installed=None):
+    """Raise a one-line InputError when Keras cannot load the configured backend.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        Defaults to ``os.environ``.
+    need_package : bool
+        Also check that the backend's package is installed. With False only an
+        unknown backend name is an error (for commands that may not load Keras).
+    installed : callable, optional
+        ``installed(package) -> bool``; by default the package must be importable
+        (found by ``importlib``, without importing it).
+
+    Returns
+    -------
+    str
+        The backend name.
+
+    Raises
+    ------
+    em_keras.errors.InputError
+
+    Examples
+    --------
+    >>> check_backend({"KERAS_BACKEND": "jax"}, installed=lambda p: True)
+    'jax'
+    >>> check_backend({"KERAS_BACKEND": "foo"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    em_keras.errors.InputError: KERAS_BACKEND=foo: unknown backend; use tensorflow, jax or torch (pip install ...)
+    """
+    from em_keras.errors import InputError
+
+    name, source = keras_backend_name(environ)
+    where = f"KERAS_BACKEND={name}" if source == "KERAS_BACKEND" else (
+        f"Keras backend {name} (from {source})" if source != "default" else f"Keras's default backend {name}")
+    if name not in BACKENDS:
+        raise InputError(f'{where}: unknown backend; use tensorflow, jax or torch (pip install "em_keras[jax]")')
+    package, extra = BACKENDS[name]
+    if need_package and not (installed or _installed)(package):
+        hint = "" if name != "tensorflow" else ' or use KERAS_BACKEND=jax (pip install "em_keras[jax]")'
+        raise InputError(f'{where}: {package} is not installed (pip install "em_keras[{extra}]"){hint}')
+    return name
+
+
+def tensorflow_available():
+    """Whether TensorFlow can be imported (imports it when it can): ``tf.data``, SavedModel export.
+
+    Any Keras backend can use TensorFlow's input pipelines and export; without
+    TensorFlow the training data come from a ``keras.utils.PyDataset`` and no
+    SavedModel is written.
+    """
+    if sys.modules.get("tensorflow") is not None:
+        return True
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
 #: Start-up lines that carry no information for the user (printed before absl logging
 #: is initialised, so TF_CPP_MIN_LOG_LEVEL cannot hide them).
 _BANNER = re.compile(r"oneDNN custom operations are on|All log messages before absl::InitializeLog")

@@ -32,7 +32,7 @@ MODEL_HELP = {
 #: (docs/performance.md). The choice is made before TensorFlow loads.
 EIGEN_MODELS = frozenset({"fcn"})
 
-_INSTALL = 'em-keras train needs TensorFlow, which is not installed: pip install "em_keras[cpu]" (or "em_keras[gpu]")'
+_OTHER = {"tensorflow": ' (or "em_keras[gpu]"), or train on JAX: KERAS_BACKEND=jax (pip install "em_keras[jax]")'}
 _BOOL = argparse.BooleanOptionalAction
 
 #: field -> (group, add_argument keywords); help texts get the preset's value appended.
@@ -61,13 +61,14 @@ _FLAGS = {
     "loss": ("optimisation", dict(metavar="NAME", help="bce, focal, dice, bce_dice or bce_sum (BCE summed "
                                                        "over pixels)")),
     "seed": ("optimisation", dict(type=int, metavar="N", help="random seed of weights, crops and augmentation")),
-    "deterministic": ("optimisation", dict(action=_BOOL, help="deterministic TensorFlow ops: the same --seed "
-                                                             "gives bit-identical weights (slower)")),
+    "deterministic": ("optimisation", dict(action=_BOOL, help="deterministic ops (TensorFlow, PyTorch; XLA's GPU "
+                                                             "ops on JAX): the same --seed gives bit-identical "
+                                                             "weights (slower)")),
     "mixed_precision": ("optimisation", dict(action=_BOOL, help="float16 on GPUs, bfloat16 on CPUs (fast only "
                                                                "on CPUs with AVX-512 BF16 or AMX)")),
     "strategy": ("optimisation", dict(choices=["default", "mirrored", "multiworker"],
-                                      help="tf.distribute: one device, the local GPUs, or the workers in "
-                                           "$TF_CONFIG")),
+                                      help="one device; the local GPUs (tf.distribute, or Keras DataParallel "
+                                           "on JAX); or the workers in $TF_CONFIG (TensorFlow backend)")),
     "augment": ("augmentation", dict(action=_BOOL, help="random rotation, shifts, shear, zoom, flips and "
                                                         "quarter turns")),
     "brightness": ("augmentation", dict(type=float, metavar="B", help="with --augment: add U[-B, B] to the image "
@@ -198,11 +199,17 @@ def _models_parser(prog):
     return p
 
 
-def _require_tensorflow():
+def _require_backend():
+    """A one-line InputError when the Keras backend is unknown or its package cannot be imported."""
+    from em_keras.runtime import BACKENDS, check_backend
+
+    name = check_backend()
+    package, extra = BACKENDS[name]
     try:
-        importlib.import_module("tensorflow")
+        importlib.import_module(package)
     except ImportError:
-        raise InputError(_INSTALL) from None
+        raise InputError(f"em-keras train needs the Keras backend {name}, but {package} cannot be imported: "
+                         f'pip install "em_keras[{extra}]"' + _OTHER.get(name, "")) from None
 
 
 def main(argv=None, prog="em-keras train"):
@@ -222,7 +229,7 @@ def main(argv=None, prog="em-keras train"):
                          f"(usage: {prog} {{{','.join(MODELS)}}} [flags])")
     prepare_tensorflow(onednn=wants_onednn(model))
     cfg, config_path = config_from_argv(model, argv[1:], prog)
-    _require_tensorflow()
+    _require_backend()
     from em_keras.training.loop import train
     from em_keras.training.run_dir import check_not_input
 

@@ -30,33 +30,43 @@ __all__ = ["export_savedmodel", "INPUT_NAME", "OUTPUT_NAME"]
 INPUT_NAME, OUTPUT_NAME = "image", "p_cell"
 
 
+_NEEDS_TF = 'SavedModel export needs TensorFlow, which is not installed (pip install "em_keras[cpu]")'
+
+
 def _mirror_index(n, total, reflect):
-    """Indices ``0..total-1`` into an axis of length ``n``, mirrored past its end (a TF tensor).
+    """Indices ``0..total-1`` into an axis of length ``n``, mirrored past its end (a backend tensor).
 
     ``reflect`` excludes the edge pixel from the mirror image (NumPy's
     ``"reflect"``), otherwise it is repeated (``"symmetric"``). Both are
     periodic, so the index of pixel ``i`` is ``i mod period`` folded back.
     """
-    import tensorflow as tf
+    from keras import ops
 
-    period = tf.where(reflect, tf.maximum(2 * n - 2, 1), 2 * n)
-    i = tf.range(total) % period
-    return tf.where(i < n, i, period - i - tf.where(reflect, 0, 1))
+    period = ops.where(reflect, ops.maximum(2 * n - 2, 1), 2 * n)
+    i = ops.arange(total) % period
+    return ops.where(i < n, i, period - i - ops.where(reflect, 0, 1))
 
 
 def _pad_crop_fn(model, multiple):
-    """The serving function: pad ``image`` to ``multiple``, run ``model``, crop back."""
-    import tensorflow as tf
+    """The serving function: pad ``image`` to ``multiple``, run ``model``, crop back.
+
+    Written with ``keras.ops``, so that it exports from any backend (on JAX the
+    sizes are symbolic: the padded size is computed as a multiple of ``multiple``
+    so that the model's down- and up-sampling shapes provably agree).
+    """
+    from keras import ops
 
     def serve(image):
-        shape = tf.shape(image)
+        shape = ops.shape(image)
         h, w = shape[1], shape[2]
-        hp, wp = h + (-h) % multiple, w + (-w) % multiple
+        hp = (h + multiple - 1) // multiple * multiple
+        wp = (w + multiple - 1) // multiple * multiple
+        hv, wv = ops.convert_to_tensor(h), ops.convert_to_tensor(w)
         # as em_keras.inference.predict.pad_to_multiple: reflect, unless a pad exceeds the image
-        reflect = tf.logical_and(hp - h < h, wp - w < w)
-        x = tf.gather(image, _mirror_index(h, hp, reflect), axis=1)
-        x = tf.gather(x, _mirror_index(w, wp, reflect), axis=2)
-        y = tf.cast(model(x, training=False), tf.float32)
+        reflect = ops.logical_and(hp - hv < hv, wp - wv < wv)
+        x = ops.take(image, _mirror_index(hv, hp, reflect), axis=1)
+        x = ops.take(x, _mirror_index(wv, wp, reflect), axis=2)
+        y = ops.cast(model(x, training=False), "float32")
         return {OUTPUT_NAME: y[:, :h, :w, :]}
 
     return serve
@@ -79,9 +89,16 @@ def export_savedmodel(model, path, offset=None):
         :func:`em_keras.inference.offset.recorded_offset` finds it. The served
         P(cell) itself is unshifted.
 
+    Raises
+    ------
+    em_keras.errors.InputError
+        When TensorFlow is not installed (a SavedModel is a TensorFlow graph), or
+        the model does not take one grey channel.
+
     Notes
     -----
-    The serving contract is in the module docstring. A SavedModel is a
+    Any Keras backend exports, as long as TensorFlow is installed (JAX through
+    ``jax2tf``). The serving contract is in the module docstring. A SavedModel is a
     TensorFlow graph and can hold arbitrary ops (file reads and writes): load
     SavedModels only from sources you trust.
 
@@ -98,6 +115,11 @@ def export_savedmodel(model, path, offset=None):
     import keras
 
     from em_keras.atomic import atomic_dir, save_json
+    from em_keras.errors import InputError
+    from em_keras.runtime import tensorflow_available
+
+    if not tensorflow_available():
+        raise InputError(f"{os.fspath(path)}: {_NEEDS_TF}; the .keras file serves on any backend")
 
     if len(getattr(model, "outputs", None) or []) > 1:
         from em_keras.models.unetpp import inference_model
@@ -105,8 +127,6 @@ def export_savedmodel(model, path, offset=None):
         model = inference_model(model, "mean")
     channels = model_channels(model)
     if channels != 1:
-        from em_keras.errors import InputError
-
         raise InputError(f"export: the model takes {channels} input channels; the serving contract is "
                          f"one grey channel")
     import tensorflow as tf

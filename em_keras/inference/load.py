@@ -152,7 +152,9 @@ class _SavedModelRunner:
         self._em_keras_multiple = stride  # read by model_multiple
 
     def __call__(self, x):
-        y = self.loaded.serve(x)
+        import tensorflow as tf
+
+        y = self.loaded.serve(tf.convert_to_tensor(x, tf.float32))  # a signature needs a tensor
         if isinstance(y, dict):  # em_keras exports name their one output "p_cell"
             y = y["p_cell"] if "p_cell" in y else next(iter(y.values()))
         return y

@@ -169,13 +169,7 @@ def dihedral_transforms():
 
 def _run(call, x):
     """One model call on float32 ``(B, H, W)``; returns float32 ``(B, H, W)``."""
-    x = x[..., None]
-    try:  # a SavedModel signature needs a tensor
-        import tensorflow as tf
-
-        x = tf.constant(x)
-    except ImportError:  # Keras on JAX/PyTorch without TensorFlow: predict_on_batch takes NumPy
-        pass
+    x = x[..., None]  # NumPy: predict_on_batch takes it on every backend; a SavedModel runner converts it
     y = np.asarray(call(x), np.float32)
     return y[..., 0] if y.ndim == 4 else y
 

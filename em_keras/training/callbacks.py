@@ -399,7 +399,11 @@ def make_callbacks(cfg, out, run_info, chief=True, prior_seconds=0.0, log=print)
                                     lr=cfg.lr if cfg.lr_schedule == "constant" else None,
                                     double_checkpoint=True, delete_checkpoint=False),
     ]
-    if tensorboard_installed():
+    from em_keras.runtime import tensorflow_available
+
+    if not tensorflow_available():  # Keras's TensorBoard callback writes with tf.summary
+        log('note: TensorBoard logs need TensorFlow, so no logs/ are written (pip install "em_keras[cpu]")')
+    elif tensorboard_installed():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(out, "logs"), write_graph=False,
                                                      profile_batch=0))
     else:

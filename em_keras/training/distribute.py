@@ -1,5 +1,12 @@
-"""``tf.distribute`` for training: one device, MirroredStrategy, or MultiWorkerMirroredStrategy."""
+"""Distributed training: ``tf.distribute`` on TensorFlow, ``keras.distribution`` on JAX.
 
+On the TensorFlow backend ``--strategy`` is one device, ``MirroredStrategy`` or
+``MultiWorkerMirroredStrategy``. On JAX, ``mirrored`` is Keras's
+``DataParallel`` over every local device (GPUs, else CPUs); ``multiworker``
+needs TensorFlow.
+"""
+
+import contextlib
 import hashlib
 import json
 import math
@@ -12,21 +19,76 @@ from em_keras.atomic import atomic_path, save_json
 from em_keras.config import STRATEGIES
 from em_keras.errors import InputError
 
-__all__ = ["STRATEGIES", "make_strategy", "fit_multiworker", "weights_digest"]
+__all__ = ["STRATEGIES", "make_strategy", "end_distribution", "fit_multiworker", "weights_digest",
+           "KerasDistribution"]
+
+
+class KerasDistribution:
+    """What a run uses of a ``tf.distribute`` strategy, for backends other than TensorFlow.
+
+    ``scope()`` is a no-op: Keras's global distribution (``DataParallel``, set by
+    :func:`make_strategy`) places the variables and splits the batches.
+
+    Parameters
+    ----------
+    replicas : int
+        Devices that share each batch.
+    """
+
+    def __init__(self, replicas=1):
+        self.num_replicas_in_sync = int(replicas)
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
+def _keras_strategy(name, backend):
+    """``--strategy`` on a backend other than TensorFlow: Keras's ``DataParallel`` (JAX) or one device."""
+    import keras
+
+    if name == "multiworker":
+        raise InputError(f"--strategy multiworker needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
+                         f"on {backend}, --strategy mirrored trains on this machine's devices")
+    if name == "mirrored" and backend != "jax":
+        raise InputError(f"--strategy mirrored is not supported on the {backend} backend; "
+                         f"use KERAS_BACKEND=jax or tensorflow")
+    if name == "default":
+        keras.distribution.set_distribution(None)  # undo an earlier run's in this process
+        return KerasDistribution(1), True
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return KerasDistribution(len(devices)), True
+
+
+def end_distribution(strategy):
+    """Unset the Keras distribution that :func:`make_strategy` set (nothing for ``tf.distribute``)."""
+    if isinstance(strategy, KerasDistribution) and strategy.num_replicas_in_sync > 1:
+        import keras
+
+        keras.distribution.set_distribution(None)
+
 
 def make_strategy(name):
-    """The ``tf.distribute`` strategy for ``--strategy`` and whether this process is the chief.
+    """The distribution strategy for ``--strategy`` and whether this process is the chief.
 
-    ``multiworker`` reads the cluster from ``$TF_CONFIG``; the chief is the task of
-    type ``chief``, or worker 0 when there is none. Create it before any other
-    TensorFlow op runs in the process.
+    On TensorFlow a ``tf.distribute`` strategy: ``multiworker`` reads the cluster
+    from ``$TF_CONFIG``; the chief is the task of type ``chief``, or worker 0 when
+    there is none. Create it before any other TensorFlow op runs in the process.
+    On JAX, ``mirrored`` sets ``keras.distribution.DataParallel`` over
+    ``keras.distribution.list_devices()`` (the global batch is the per-replica
+    batch times the devices, as with ``MirroredStrategy``).
 
     Returns
     -------
-    (tf.distribute.Strategy, bool)
+    (tf.distribute.Strategy or KerasDistribution, bool)
     """
     if name not in STRATEGIES:
         raise InputError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    from em_keras.training.backend import backend_name
+
+    backend = backend_name()
+    if backend != "tensorflow":
+        return _keras_strategy(name, backend)
     task = cluster = None
     if name == "multiworker":
         if not os.environ.get("TF_CONFIG"):

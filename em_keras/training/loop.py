@@ -9,16 +9,20 @@ A run writes into ``--out``:
 * ``probs.npy``: float32 ``(N, H, W)`` P(cell) for the held-out slices;
 * ``metrics.json``: the accuracy table (and ISBI scores) on those slices;
 * ``figures/slice_XX.png``: image | label | probability | prediction;
-* ``saved_model/``: a SavedModel serving any image size (:mod:`em_keras.inference.export`);
+* ``saved_model/``: a SavedModel serving any image size (:mod:`em_keras.inference.export`),
+  when TensorFlow is installed;
 * ``run.json``: the command, the resolved configuration, the data's fingerprint, package
   versions and the run's status (``running``, ``done``, ``diverged``, ``failed``,
   ``interrupted``).
+
+Training runs on any Keras backend (:mod:`em_keras.training.backend`): the input
+is a ``tf.data`` pipeline when TensorFlow can be imported, else a
+``keras.utils.PyDataset`` (:mod:`em_keras.data.pydataset`).
 """
 
 import contextlib
 import dataclasses
 import os
-import platform
 import sys
 import time
 
@@ -29,8 +33,10 @@ from em_keras.config import config_dict, resolve_config
 from em_keras.errors import InputError, TrainingError
 from em_keras.models.registry import build_model, inference_model, model_multiple
 from em_keras.training import run_dir
+from em_keras.training.backend import is_out_of_memory, jit_setting, setup_backend, versions
 from em_keras.training.callbacks import make_callbacks
-from em_keras.training.distribute import fit_multiworker, make_strategy, weights_digest
+from em_keras.training.distribute import (KerasDistribution, end_distribution, fit_multiworker, make_strategy,
+                                          weights_digest)
 from em_keras.training.outputs import evaluate, write_outputs
 
 __all__ = ["train", "RunData", "load_run_data", "make_augmenter", "make_optimizer", "compile_model",
@@ -87,9 +93,8 @@ def compile_model(model, cfg, total_steps, metrics=True, jit_compile=None):
     if n_out > 1:
         loss, loss_weights = [loss] * n_out, [1.0 / n_out] * n_out
         metric_list = None if metric_list is None else [None] * (n_out - 1) + [metric_list]
-    jit = cfg.jit_compile if jit_compile is None else jit_compile
     model.compile(optimizer=make_optimizer(cfg, total_steps), loss=loss, loss_weights=loss_weights,
-                  metrics=metric_list, jit_compile=bool(jit))
+                  metrics=metric_list, jit_compile=jit_setting(cfg, jit_compile))
     return model
 
 
@@ -100,25 +105,6 @@ def replicate_targets(data, n_out):
     if hasattr(data, "map") and hasattr(data, "element_spec"):
         return data.map(lambda x, y, *w: (x, (y,) * n_out, *[(v,) * n_out for v in w]))
     return ((x, (y,) * n_out, *[(v,) * n_out for v in w]) for x, y, *w in data)
-
-
-def versions():
-    """Versions of the packages a run depends on."""
-    import keras
-    import tensorflow as tf
-
-    from em_keras import __version__
-
-    try:  # whether TensorFlow runs its oneDNN CPU kernels (see em_keras.runtime)
-        from tensorflow.python.util import _pywrap_util_port
-
-        onednn = bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        onednn = None
-    return {
-        "em_keras": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
-        "keras": keras.__version__, "numpy": np.__version__, "tensorflow_onednn": onednn,
-    }
 
 
 @dataclasses.dataclass
@@ -187,26 +173,16 @@ def load_run_data(cfg, log=print):
     return cfg, data
 
 
-def _setup_tensorflow(cfg):
-    """Seeds, op determinism and the mixed-precision policy of the run."""
-    import keras
-    import tensorflow as tf
+def _datasets(cfg, data, replicas, n_out, log, whole_batches=False):
+    """The training and held-out pipelines (global batch = per-replica batch x replicas).
 
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    policy = "float32"  # also undoes an earlier run's policy in this process
-    if cfg.mixed_precision:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    keras.mixed_precision.set_global_policy(policy)
-
-
-def _datasets(cfg, data, replicas, n_out, log):
-    """The training and held-out ``tf.data`` pipelines (global batch = per-replica batch x replicas)."""
-    import tensorflow as tf
-
-    from em_keras.data.dataset import border_weight_map, make_eval_dataset, make_train_dataset
+    ``tf.data`` when TensorFlow can be imported (any backend), else ``keras.utils.PyDataset``.
+    ``whole_batches``: Keras's ``DataParallel`` (JAX) splits only batches of a multiple of
+    ``replicas``, so the held-out slices are filled up with the first ones to such a multiple.
+    """
+    from em_keras.data.dataset import border_weight_map
     from em_keras.inference.predict import pad_to_multiple
+    from em_keras.runtime import tensorflow_available
 
     weights = None
     if cfg.border_weight:
@@ -214,11 +190,24 @@ def _datasets(cfg, data, replicas, n_out, log):
         weights = np.stack([border_weight_map(lab, w0=cfg.border_weight) for lab in data.y_tr])
         log(f"border weight maps (w0 {cfg.border_weight:g}, sigma 5): {time.time() - t_w:.1f} s, "
             f"mean weight {weights.mean():.2f}")
-    train_ds = make_train_dataset(data.x_tr, data.y_tr, batch_size=cfg.batch_size * replicas, crop=cfg.crop,
-                                  size=cfg.size, augmenter=make_augmenter(cfg), seed=cfg.seed, weights=weights)
     mult = model_multiple(cfg)
     vx, _ = pad_to_multiple(data.x_val, mult)
     vy, _ = pad_to_multiple(data.y_val, mult)
+    if whole_batches and len(vx) % replicas:
+        keep = -(-len(vx) // replicas) * replicas
+        vx, vy = np.resize(vx, (keep,) + vx.shape[1:]), np.resize(vy, (keep,) + vy.shape[1:])
+    train_args = dict(batch_size=cfg.batch_size * replicas, crop=cfg.crop, size=cfg.size,
+                      augmenter=make_augmenter(cfg), seed=cfg.seed, weights=weights)
+    if not tensorflow_available():
+        from em_keras.data.pydataset import make_eval_pydataset, make_train_pydataset
+
+        return (make_train_pydataset(data.x_tr, data.y_tr, n_out=n_out, workers=2, **train_args),
+                make_eval_pydataset(vx, vy, batch_size=replicas, size=cfg.size, n_out=n_out))
+    import tensorflow as tf
+
+    from em_keras.data.dataset import make_eval_dataset, make_train_dataset
+
+    train_ds = make_train_dataset(data.x_tr, data.y_tr, **train_args)
     val_ds = make_eval_dataset(vx, vy, batch_size=replicas, size=cfg.size)
     if cfg.strategy == "multiworker":  # in-memory data: shard elements, not files
         options = tf.data.Options()
@@ -271,9 +260,8 @@ def _final_status(cfg, run_info, chief):
 
     Out of memory becomes a one-line :class:`TrainingError` with the batch size; any
     other error marks the run ``failed``, Ctrl-C ``interrupted`` (its backup resumes it).
+    Out of memory is recognised on every backend (:func:`em_keras.training.backend.is_out_of_memory`).
     """
-    import tensorflow as tf
-
     def mark(status, error=None):
         if chief and run_info.get("status") == "running":
             run_info["status"] = status
@@ -284,24 +272,25 @@ def _final_status(cfg, run_info, chief):
 
     try:
         yield
-    except (tf.errors.ResourceExhaustedError, MemoryError):
+    except KeyboardInterrupt:
+        mark("interrupted")
+        raise
+    except BaseException as exc:
+        if not is_out_of_memory(exc):
+            mark("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
         size = f"{cfg.crop}x{cfg.crop} crops" if cfg.crop else f"slices of {cfg.size or 'full'} size"
         msg = (f"out of memory at --batch-size {cfg.batch_size} ({size}); "
                f"try a smaller --batch-size or --crop")
         mark("failed", msg)
         raise TrainingError(msg) from None
-    except KeyboardInterrupt:
-        mark("interrupted")
-        raise
-    except BaseException as exc:
-        mark("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        raise
 
 
 def _fit(model, strategy, cfg, data, run_info, chief, prior_seconds, callbacks, log):
     """Run the epochs; returns ``(NaNGuard, seconds of this segment)``."""
     replicas = strategy.num_replicas_in_sync
-    train_ds, val_ds = _datasets(cfg, data, replicas, len(model.outputs), log)
+    train_ds, val_ds = _datasets(cfg, data, replicas, len(model.outputs), log,
+                                 whole_batches=isinstance(strategy, KerasDistribution))
     own, guard = make_callbacks(cfg, cfg.out, run_info, chief=chief, prior_seconds=prior_seconds, log=log)
     log(f"training {cfg.model} ({model.count_params():,} parameters, preset {cfg.preset}) on "
         f"{len(data.train_idx)} slices from {data.source}; held out {run_dir.span(data.val)}")
@@ -378,7 +367,7 @@ def train(cfg, log=print, callbacks=()):
 
         run_dir.check_not_input(cfg.out, data.inputs, data.folders)
         run_dir.inspect_out(cfg, data.val, data.fingerprint, read_backup(os.path.join(cfg.out, "backup")))
-    _setup_tensorflow(cfg)
+    setup_backend(cfg)
     with strategy.scope():  # builds, and loads initial weights, before --out is touched
         model = compile_model(build_model(cfg, log), cfg, cfg.epochs * cfg.steps_per_epoch)
     with run_dir.lock(cfg.out) if chief else contextlib.nullcontext():
@@ -388,6 +377,7 @@ def train(cfg, log=print, callbacks=()):
             if strategy.num_replicas_in_sync > 1 or not chief:
                 log(f"weights sha256 {weights_digest(model)} ({'chief' if chief else 'worker'}, "
                     f"{strategy.num_replicas_in_sync} replicas)")
+            end_distribution(strategy)  # Keras's DataParallel: predict slice by slice on one device
             if not chief:  # the chief evaluates and writes every output
                 return {}
             if guard.where is not None:

@@ -145,10 +145,11 @@ def write_outputs(model, cfg, data, result, probs, extras, run_info, log=print):
     """Write probs.npy, metrics.json, segment.json, cells.tif, figures/, saved_model/, then mark ``run.json`` done.
 
     The backup is removed only after ``done`` is recorded, so a kill at any point
-    before leaves a run that resumes.
+    before leaves a run that resumes. Without TensorFlow (training on JAX or
+    PyTorch alone) no ``saved_model/`` is written and one line says so.
     """
-    from em_keras.inference.export import export_savedmodel
     from em_keras.metrics.pixel import format_table
+    from em_keras.runtime import tensorflow_available
 
     out, calibration, segmentation = cfg.out, extras["calibration"], extras["segmentation"]
     save_npy(os.path.join(out, "probs.npy"), probs)
@@ -163,8 +164,16 @@ def write_outputs(model, cfg, data, result, probs, extras, run_info, log=print):
     for k, idx in enumerate(data.val):
         save_png(os.path.join(out, "figures", f"slice_{idx:02d}.png"),
                  panel(x_val[k], y_val[k], probs[k], cfg.threshold))
-    export_savedmodel(model, os.path.join(out, "saved_model"),
-                      offset=calibration["offset"] if calibration is not None else None)
+    saved_model = ""
+    if tensorflow_available():
+        from em_keras.inference.export import export_savedmodel
+
+        export_savedmodel(model, os.path.join(out, "saved_model"),
+                          offset=calibration["offset"] if calibration is not None else None)
+        saved_model = ", saved_model/"
+    else:
+        log('saved_model/ skipped: SavedModel export needs TensorFlow (pip install "em_keras[cpu]"); '
+            "last.keras is written")
     run_info.update(status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     train_seconds=result["train_seconds"])
     save_json(os.path.join(out, "run.json"), run_info)
@@ -175,5 +184,5 @@ def write_outputs(model, cfg, data, result, probs, extras, run_info, log=print):
 
     log(format_table({f"{cfg.model} (held-out {span(data.val)})": shown}))
     seg_files = "segment.json, cells.tif, " if segmentation is not None else ""
-    log(f"wrote {out}: last.keras, best.keras, probs.npy, metrics.json, {seg_files}figures/, saved_model/ "
+    log(f"wrote {out}: last.keras, best.keras, probs.npy, metrics.json, {seg_files}figures/{saved_model} "
         f"({result['train_seconds'] / 60:.1f} min training)")
