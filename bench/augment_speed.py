@@ -13,6 +13,9 @@ windows:
       ``keras.layers.RandomRotation``, ``RandomTranslation``, ``RandomShear`` and
       ``RandomZoom`` (then ``RandomFlip`` x 2, ``RandomContrast``,
       ``RandomBrightness``), the alternative that one composed resampling replaces;
+    * ``PyDataset (no tf.data)``: the Keras-native pipeline that training uses
+      when TensorFlow is absent (``em_keras.data.pydataset``), batch by batch in
+      one thread, with the same ``Augmenter`` run on the Keras backend's ops;
     * ``legacy pair``: the classic recipe, two legacy ``ImageDataGenerator``
       ``flow`` iterators (the report's settings plus vertical flips) with one
       seed over the whole slices, zipped, masks re-binarised at 0.5, then one
@@ -180,6 +183,13 @@ def pipelines(images, labels, cfg, augmenters, args):
         it = iter(ds)
         out[name], cpu[name] = rates(lambda: [t.numpy() for t in next(it)], cfg.batch_size, 2,
                                      args.batches, args.repeats)
+    from em_keras.data.pydataset import make_train_pydataset
+
+    pyds = make_train_pydataset(images, labels, batch_size=cfg.batch_size, crop=cfg.crop,
+                                augmenter=augmenters["toolkit"], seed=args.seed)
+    index = iter(range(10 ** 9))
+    out["PyDataset (no tf.data)"], cpu["PyDataset (no tf.data)"] = rates(
+        lambda: pyds[next(index)], cfg.batch_size, 2, args.batches, args.repeats)
     for name, make in (("legacy pair", legacy_pair), ("legacy, crop first", legacy_crop_first)):
         gen = make(images, labels, cfg.batch_size, cfg.crop, seed=args.seed)
         out[name], cpu[name] = rates(lambda: next(gen), cfg.batch_size, 1, args.batches,

@@ -270,9 +270,32 @@ def test_kill_9_mid_epoch_then_resume(stack, tmp_path):
     assert metrics["train_seconds"] == pytest.approx(marks[killed_at - 1] + metrics["train_seconds_this_segment"],
                                                      abs=0.11)
     assert metrics["train_seconds"] >= marks[-1] - 0.1
+    # Training images/s of every epoch (steps after the first, 2 crops a step), kept across the resume.
+    rates = info["images_per_second"]
+    assert len(rates) == epochs and all(r > 0 for r in rates)
+    assert rates[:killed_at] == before["images_per_second"][:killed_at]
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def test_run_progress_records_images_per_second_after_the_first_step(tmp_path, monkeypatch):
+    clock = iter([13.0, 14.0, 15.5, 16.0, 100.0, 100.5])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    info = {}
+    cb = callbacks.RunProgress(info, str(tmp_path / "run.json"), global_batch=6)
+    cb.on_train_begin()
+    cb.on_epoch_begin(0)
+    for step in range(4):  # the first step (tracing) ends at 13 s: then 3 steps x 6 images in 3 s
+        cb.on_train_batch_end(step)
+    cb.on_epoch_end(0, {"loss": 0.5})
+    cb.on_epoch_begin(1)
+    for step in range(2):  # 1 step x 6 images in 0.5 s
+        cb.on_train_batch_end(step)
+    cb.on_epoch_end(1, {"loss": 0.4})
+    assert info["images_per_second"] == [6.0, 12.0]
+    assert json.loads((tmp_path / "run.json").read_text())["images_per_second"] == [6.0, 12.0]
+
 
 
 def test_truncate_history_drops_rerun_epochs_and_partial_rows(tmp_path):

@@ -332,22 +332,42 @@ def _logging_classes(keras):
                 self.model.stop_training = True
 
     class RunProgress(keras.callbacks.Callback):
-        """Record the last completed epoch in ``run.json`` (for humans and the report)."""
+        """Record the last completed epoch and its training images/s in ``run.json``.
 
-        def __init__(self, run_info, path, prior_seconds=0.0):
+        ``images_per_second[e]`` is the training throughput of epoch ``e`` from the
+        end of its first step to the end of its last one (the first step, which
+        traces and compiles, and the held-out evaluation are left out), with
+        ``global_batch`` images per step.
+        """
+
+        def __init__(self, run_info, path, prior_seconds=0.0, global_batch=1):
             super().__init__()
             self.run_info, self.path, self.prior = run_info, path, prior_seconds
-            self.t0 = None
+            self.global_batch = global_batch
+            self.t0, self.step_ends = None, []
 
         def on_train_begin(self, logs=None):
             self.t0 = time.time()
 
+        def on_epoch_begin(self, epoch, logs=None):
+            self.step_ends = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step_ends.append(time.perf_counter())  # NaNGuard has read the loss: the step is done
+
+        def _record(self, key, epoch, value):
+            values = self.run_info.setdefault(key, [])
+            del values[epoch:]
+            values.extend([None] * (epoch - len(values)) + [value])
+
         def on_epoch_end(self, epoch, logs=None):
             if finite(logs):
                 self.run_info["epochs_completed"] = epoch + 1
-                marks = self.run_info.setdefault("epoch_end_seconds", [])
-                del marks[epoch:]
-                marks.append(round(self.prior + time.time() - (self.t0 or time.time()), 1))
+                seconds = self.prior + time.time() - (self.t0 or time.time())
+                self._record("epoch_end_seconds", epoch, round(seconds, 1))
+                ends = self.step_ends
+                rate = (len(ends) - 1) * self.global_batch / (ends[-1] - ends[0]) if len(ends) > 1 else None
+                self._record("images_per_second", epoch, None if rate is None else round(rate, 2))
                 save_json(self.path, self.run_info)
 
     return dict(ResumableCSVLogger=ResumableCSVLogger, NaNGuard=NaNGuard, RunProgress=RunProgress)
@@ -394,7 +414,8 @@ def make_callbacks(cfg, out, run_info, chief=True, prior_seconds=0.0, log=print)
         cls["ResumableCSVLogger"](os.path.join(out, "history.csv")),
         ckpt(os.path.join(out, "last.keras")),
         ckpt(os.path.join(out, "best.keras"), monitor="val_loss", mode="min", save_best_only=True),
-        cls["RunProgress"](run_info, os.path.join(out, "run.json"), prior_seconds),
+        cls["RunProgress"](run_info, os.path.join(out, "run.json"), prior_seconds,
+                           global_batch=(run_info.get("strategy") or {}).get("global_batch_size", cfg.batch_size)),
         cls["SafeBackupAndRestore"](os.path.join(out, "backup"),
                                     lr=cfg.lr if cfg.lr_schedule == "constant" else None,
                                     double_checkpoint=True, delete_checkpoint=False),

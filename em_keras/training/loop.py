@@ -245,6 +245,9 @@ def _start_run(cfg, data, strategy, chief, log):
         if isinstance(marks, list) and len(marks) >= start_epoch > 0:
             prior_seconds = float(marks[start_epoch - 1])
             run_info["epoch_end_seconds"] = marks[:start_epoch]
+        rates = (previous or {}).get("images_per_second")
+        if isinstance(rates, list):
+            run_info["images_per_second"] = rates[:start_epoch]
     replicas = strategy.num_replicas_in_sync
     if cfg.strategy != "default":
         run_info["strategy"] = {"name": cfg.strategy, "replicas": replicas,
