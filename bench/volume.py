@@ -135,9 +135,11 @@ def _child(task):
 
     model = load_model(task["model"])
     images = tifffile.imread(task["images"], key=range(len(task["indices"]))).astype(np.float32) / 255
-    predict_stack(model, images[:1])  # trace the graph first, as the chunked run's first chunk does
+    tile = task.get("tile")
+    kwargs = dict(tile=tile, overlap=min(32, tile // 4)) if tile else {}
+    predict_stack(model, images[:1], **kwargs)  # trace the graph first, as the chunked run's first chunk does
     start = time.perf_counter()
-    predict_stack(model, images)
+    predict_stack(model, images, **kwargs)
     print(json.dumps({"seconds": time.perf_counter() - start}))
 
 
@@ -203,11 +205,13 @@ def _compare(args, vol, model, chunks, out):
     path, n = vol
     k = min(args.compare, n)
     shutil.rmtree(out, ignore_errors=True)
-    inmem, _ = _measure({"kind": "inmem", "model": model, "images": path, "indices": list(range(k))})
+    inmem, _ = _measure({"kind": "inmem", "model": model, "images": path, "indices": list(range(k)),
+                         "tile": args.inmem_tile})
     vol, _ = _measure({"kind": "volume", "model": model, "images": path, "out": out, "chunks": chunks,
                        "indices": list(range(k))})
     a, b = k / inmem["seconds"], _rate(vol, k)[0]
-    print(f"\nsame {k} slices: in memory (predict_stack) {a:.2f} slices/s, chunked (predict_volume) {b:.2f} "
+    how = f"predict_stack, --tile {args.inmem_tile}" if args.inmem_tile else "predict_stack, whole slices"
+    print(f"\nsame {k} slices: in memory ({how}) {a:.2f} slices/s, chunked (predict_volume) {b:.2f} "
           f"slices/s: ratio {b / a:.2f} (target >= 0.90)")
     shutil.rmtree(out, ignore_errors=True)
 
@@ -219,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--chunks", default="1,2048,2048", help="Z,Y,X chunk shape (default %(default)s)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Dask worker counts to compare")
     ap.add_argument("--compare", type=int, default=8, help="slices for in-memory vs chunked (default %(default)d)")
+    ap.add_argument("--inmem-tile", type=int, help="in 3., predict in memory with overlap-tiles of this size "
+                    "(default: whole slices)")
     ap.add_argument("--scratch", help="folder for the volumes and outputs (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (reuse the volumes next time)")
     ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
