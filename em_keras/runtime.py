@@ -301,28 +301,38 @@ def _filtered_stderr(pattern=_BANNER):
 
 
 class _QuietLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
+    def __init__(self, loader, finder):
+        self._loader, self._finder = loader, finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        with contextlib.suppress(ValueError):  # one-shot: TensorFlow loads once
+            sys.meta_path.remove(self._finder)
         with _filtered_stderr():
             self._loader.exec_module(module)
 
 
 class _QuietFinder(importlib.abc.MetaPathFinder):
-    """Wraps the first ``import tensorflow`` (direct or through Keras), then removes itself."""
+    """Wraps the first ``import tensorflow`` (direct or through Keras), then removes itself.
+
+    A mere lookup (``importlib.util.find_spec("tensorflow")``, e.g. to see whether
+    it is installed) leaves the hook in place for the real import.
+    """
 
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow":
             return None
+        where = sys.meta_path.index(self) if self in sys.meta_path else 0
         with contextlib.suppress(ValueError):
             sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(where, self)
         if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
 
 

@@ -76,6 +76,19 @@ def test_cli_runs_tensorflow_with_onednn_and_no_banner():
     assert "oneDNN" not in r.stderr and "absl" not in r.stderr, r.stderr
 
 
+def test_a_lookup_of_tensorflow_leaves_the_quiet_hook_for_the_import():
+    r = _run("""
+        import importlib.util
+        from em_keras import runtime
+        runtime.prepare_tensorflow()
+        assert importlib.util.find_spec("tensorflow") is not None  # "is it installed?" checks
+        import tensorflow
+        print(tensorflow.__version__)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "oneDNN" not in r.stderr and "absl" not in r.stderr, r.stderr
+
+
 def test_cli_respects_tf_enable_onednn_opts_0():
     r = _run(_CLI, {"TF_ENABLE_ONEDNN_OPTS": "0"})
     assert r.returncode == 0, r.stderr

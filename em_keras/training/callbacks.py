@@ -331,6 +331,10 @@ def _logging_classes(keras):
                     self.what = "weights"
                 self.model.stop_training = True
 
+    return dict(ResumableCSVLogger=ResumableCSVLogger, NaNGuard=NaNGuard)
+
+
+def _progress_class(keras):
     class RunProgress(keras.callbacks.Callback):
         """Record the last completed epoch and its training images/s in ``run.json``.
 
@@ -370,7 +374,7 @@ def _logging_classes(keras):
                 self._record("images_per_second", epoch, None if rate is None else round(rate, 2))
                 save_json(self.path, self.run_info)
 
-    return dict(ResumableCSVLogger=ResumableCSVLogger, NaNGuard=NaNGuard, RunProgress=RunProgress)
+    return RunProgress
 
 
 @functools.lru_cache(maxsize=None)
@@ -378,7 +382,7 @@ def _classes():
     import keras
 
     return dict(AtomicModelCheckpoint=_checkpoint_class(keras), SafeBackupAndRestore=_backup_class(keras),
-                **_logging_classes(keras))
+                RunProgress=_progress_class(keras), **_logging_classes(keras))
 
 
 def __getattr__(name):
