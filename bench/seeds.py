@@ -5,12 +5,14 @@ For each seed it runs the public command line, one step after another:
 1. ``em-keras train unet --preset cpu --seed S --val-slices 20-24 --out OUT/seedS`` (the run
    predicts the held-out slices with TTA into ``probs.npy`` and tunes the segmentation on the
    training slices into ``segment.json``);
-2. ``em-keras segment --probs OUT/seedS/probs.npy --out OUT/seedS/cells.tif`` (the run's own
-   ``segment.json``);
+2. ``em-keras segment --probs OUT/seedS/probs.npy --out OUT/seedS/cells.tif --figures
+   OUT/seedS/cells_figures ...`` (the run's own ``segment.json``; one overlay of the cells on the
+   image beside the ground-truth cells per held-out slice);
 3. ``em-keras evaluate --probs ... --seg ... --labels ... --slices 20-24 --json ...``.
 
 Then it prints one row per seed (pixel accuracy, V_rand and V_info of the thresholded map and
-of the segmentation, training minutes) and the mean and spread (max - min). A finished seed is
+of the segmentation, the segmentation's Rand merge and split scores, training minutes) and the
+mean and spread (max - min). A finished seed is
 not retrained: rerun the same command to resume after an interruption.
 
 Examples
@@ -30,7 +32,8 @@ import sys
 import time
 
 KEYS = (("pixel_accuracy", "pixel acc."), ("v_rand", "V_rand thr."), ("v_info", "V_info thr."),
-        ("seg_v_rand", "V_rand seg."), ("seg_v_info", "V_info seg."), ("minutes", "train min"))
+        ("seg_v_rand", "V_rand seg."), ("seg_v_info", "V_info seg."), ("seg_v_rand_merge", "merge seg."),
+        ("seg_v_rand_split", "split seg."), ("minutes", "train min"))
 
 
 def _cpu():
@@ -60,8 +63,9 @@ def run_seed(seed, args, extra):
         _em_keras("train", "unet", "--preset", args.preset, "--seed", seed, "--data", args.data,
                   "--val-slices", args.val_slices, "--out", out, *resume, *extra)
     probs, cells, scores = (os.path.join(out, n) for n in ("probs.npy", "cells.tif", "evaluate.json"))
-    _em_keras("segment", "--probs", probs, "--out", cells)
     labels = os.path.join(args.data, "train-labels.tif")
+    _em_keras("segment", "--probs", probs, "--out", cells, "--images", os.path.join(args.data, "train-volume.tif"),
+              "--labels", labels, "--slices", args.val_slices, "--figures", os.path.join(out, "cells_figures"))
     _em_keras("evaluate", "--probs", probs, "--seg", cells, "--labels", labels, "--slices", args.val_slices,
               "--json", scores)
     result = json.load(open(scores))

@@ -316,6 +316,35 @@ def test_partition_scores_agree_with_skimage(make, seed):
     assert abs(v_rand - sk_1_minus_are) < 0.02
 
 
+@pytest.mark.parametrize("make", [_random_partitions, _with_unassigned], ids=["labelled", "with-zeros"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rand_split_merge_agree_with_skimage(make, seed):
+    gt, prop = make(seed)
+    merge, split = I.rand_split_merge(gt, prop)
+    v_rand, _ = I.partition_scores(gt, prop)
+    assert v_rand == pytest.approx(2 * merge * split / (merge + split), abs=1e-12)
+    prop = prop.copy()
+    zeros = prop == 0
+    prop[zeros] = prop.max() + 1 + np.arange(np.count_nonzero(zeros))
+    _, prec, rec = adapted_rand_error(gt, prop, ignore_labels=(0,))
+    sizes = np.bincount(gt[gt > 0])
+    n, s2 = sizes.sum(), float(sizes @ sizes)
+    pairs_ij = prec * (s2 - n)  # skimage's precision: over the ground truth's pairs
+    assert split == pytest.approx((pairs_ij + n) / s2, abs=1e-12)
+    assert merge == pytest.approx((pairs_ij + n) / (pairs_ij / rec + n), abs=1e-12)
+
+
+def test_rand_split_merge_tell_merges_from_splits():
+    gt = np.repeat(np.arange(1, 5), 25).reshape(10, 10)  # four 25-pixel cells, 2.5 rows each
+    merged = np.where(gt <= 2, 1, gt)
+    split = np.where((gt == 1) & (np.arange(10) >= 5), 9, gt)
+    m, s = I.rand_split_merge(gt, merged)
+    assert m < 1 and s == 1.0
+    m, s = I.rand_split_merge(gt, split)
+    assert m == 1.0 and s < 1
+    assert np.isnan(I.rand_split_merge(np.zeros((3, 3), int), np.ones((3, 3), int))[0])
+
+
 def test_partition_scores_coincide_with_skimage_on_identical_partitions():
     gt, _ = _random_partitions(3)
     assert I.partition_scores(gt, gt) == (1.0, 1.0)

@@ -386,6 +386,14 @@ def test_cli_segment_then_evaluate_round_trip(files, capsys):
     assert result["seg_v_rand"] == pytest.approx(expected["v_rand"])
     assert result["seg_v_info_per_slice"] == pytest.approx(expected["v_info_per_slice"])
     assert "v_rand" in result and "pixel_accuracy" in result  # the sweep on the probabilities, as before
+    assert result["seg_v_rand_merge"] <= 1 and result["seg_v_rand_split"] <= 1
+    # The ISBI membrane map scores like the label image it came from (a one-pixel border on each
+    # pair of segments, handed back by the sweep's watershed).
+    rc = run_cli(evaluate_cli.main, ["--probs", str(d / "membranes.tif"), "--labels", files["labels.tif"],
+                                     "--json", str(d / "map.json")])
+    assert rc == 0
+    via_map = json.loads((d / "map.json").read_text())
+    assert via_map["v_rand"] == pytest.approx(expected["v_rand"], abs=2e-3)
 
 
 SEGMENT_BAD = [

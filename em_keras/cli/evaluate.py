@@ -90,8 +90,8 @@ def main(argv=None, prog="em-keras evaluate"):
         result.update({f"seg_{k}": v for k, v in scores.items()})
         counts = scores["segments_per_slice"]
         columns[os.path.basename(args.seg) + " (segmentation)"] = {
-            "v_rand": scores["v_rand"], "v_info": scores["v_info"],
-            "segments_per_slice": f"{min(counts)}-{max(counts)}"}
+            "v_rand": scores["v_rand"], "v_info": scores["v_info"], "v_rand_merge": scores["v_rand_merge"],
+            "v_rand_split": scores["v_rand_split"], "segments_per_slice": f"{min(counts)}-{max(counts)}"}
     print(format_table(columns))
     if args.json:
         save_json(args.json, result)

@@ -102,8 +102,10 @@ def load_probs(path):
     Parameters
     ----------
     path : str or path-like
-        ``.npy`` (float, layouts as in :func:`validate_probs`) or a float32
-        multi-page TIFF such as ``em-keras crf --out-probs`` writes.
+        ``.npy`` (float, layouts as in :func:`validate_probs`), a float32
+        multi-page TIFF such as ``em-keras crf --out-probs`` writes, or a uint8
+        TIFF of 0s and 1s only (the membrane map ``em-keras segment
+        --boundaries`` writes), read as P(cell) exactly 0 or 1.
 
     Returns
     -------
@@ -127,9 +129,11 @@ def load_probs(path):
         from em_keras.data.io import read_raw
 
         arr = read_raw(path)
+        if arr.dtype == np.uint8 and arr.size and int(arr.max()) <= 1:
+            arr = arr.astype(np.float32)  # a 0/1 membrane map (segment --boundaries)
         if not np.issubdtype(arr.dtype, np.floating):
             raise InputError(f"{path}: holds {arr.dtype} values, not float probabilities; is this a label "
-                             "or image stack? (expected P(cell) as .npy or float32 TIFF)")
+                             "or image stack? (expected P(cell) as .npy or float32 TIFF, or a 0/1 uint8 map)")
     else:
         raise InputError(f"{path}: unsupported file type for probabilities (expected .npy or float TIFF)")
     return validate_probs(arr, path)

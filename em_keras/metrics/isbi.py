@@ -27,6 +27,7 @@ __all__ = [
     "ISBI_THRESHOLDS",
     "THINNING",
     "partition_scores",
+    "rand_split_merge",
     "isbi_scores",
     "isbi_evaluate",
     "summary_scores",
@@ -116,6 +117,47 @@ def partition_scores(gt_seg, prop_seg):
     denom = h_s + h_t
     v_info = 1.0 if denom <= 0.0 else 2.0 * (h_s + h_t - h_st) / denom  # 1: both one segment
     return float(min(max(v_rand, 0.0), 1.0)), float(min(max(v_info, 0.0), 1.0))
+
+
+def rand_split_merge(gt_seg, prop_seg):
+    """The two halves of V_rand: how far a proposal merges and how far it splits the cells.
+
+    Parameters
+    ----------
+    gt_seg, prop_seg : array_like of int, same shape
+        As for :func:`partition_scores` (ground-truth 0 excluded; a proposal 0
+        inside the foreground is a singleton).
+
+    Returns
+    -------
+    (float, float)
+        ``(merge, split)``: the Rand precision ``sum n_ij**2 / sum t_j**2``,
+        which drops below 1 only when a proposal segment spans several cells
+        (merges), and the Rand recall ``sum n_ij**2 / sum s_i**2``, which drops
+        only when a cell spans several proposal segments (splits). V_rand is
+        their harmonic mean. NaN when ``gt_seg`` has no foreground. These are
+        ``skimage.metrics.adapted_rand_error``'s recall and precision, in that
+        order, with the N pixel self-pairs added back to each sum.
+
+    Examples
+    --------
+    >>> gt = np.repeat([[1] * 4, [2] * 4], 2, axis=0)        # two 8-pixel cells
+    >>> [round(v, 4) for v in rand_split_merge(gt, np.ones_like(gt))]  # merged: 128/256
+    [0.5, 1.0]
+    >>> prop = gt.copy(); prop[:2, 2:] = 3                    # one split in half: 96/128
+    >>> [round(v, 4) for v in rand_split_merge(gt, prop)]
+    [1.0, 0.75]
+    """
+    gt_seg = np.asarray(gt_seg)
+    prop_seg = np.asarray(prop_seg)
+    if gt_seg.shape != prop_seg.shape:
+        raise InputError(f"segment images differ in shape: {gt_seg.shape} and {prop_seg.shape}")
+    fg = gt_seg > 0
+    if not fg.any():
+        return math.nan, math.nan
+    rows, cols, n_ij, n_single = _contingency(gt_seg[fg].astype(np.int64), prop_seg[fg].astype(np.int64))
+    sum_ij2 = n_ij @ n_ij + n_single
+    return float(sum_ij2 / (cols @ cols + n_single)), float(sum_ij2 / (rows @ rows))
 
 
 def _contingency(g, s):

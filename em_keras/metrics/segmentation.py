@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from em_keras.errors import InputError
-from em_keras.metrics.isbi import partition_scores
+from em_keras.metrics.isbi import partition_scores, rand_split_merge
 from em_keras.metrics.pixel import as_binary_labels
 
 __all__ = ["ground_truth_segments", "segmentation_scores"]
@@ -66,8 +66,11 @@ def segmentation_scores(labels, seg):
     -------
     dict
         ``v_rand``, ``v_info`` (means over the slices that have cell pixels;
-        NaN if none has), ``v_rand_per_slice``, ``v_info_per_slice`` (lists of
-        float, NaN for a slice without cells), ``segments_per_slice`` (list of
+        NaN if none has), ``v_rand_merge`` and ``v_rand_split`` (the means of
+        :func:`em_keras.metrics.isbi.rand_split_merge`: below 1 from merged and
+        from split cells respectively), ``v_rand_per_slice``,
+        ``v_info_per_slice`` (lists of float, NaN for a slice without cells),
+        ``segments_per_slice`` (list of
         int: distinct nonzero ids) and ``cells_per_slice`` (list of int:
         ground-truth cells).
 
@@ -81,19 +84,28 @@ def segmentation_scores(labels, seg):
     (1.0, 1.0, [2])
     """
     lab, seg = _check(labels, seg)
-    v_rand, v_info, segments, cells = [], [], [], []
+    v_rand, v_info, merge, split, segments, cells = [], [], [], [], [], []
     for label_slice, seg_slice in zip(lab, seg):
         gt, n_cells = ndimage.label(label_slice, structure=_FOUR)
         r, i = partition_scores(gt, seg_slice)
         v_rand.append(r)
         v_info.append(i)
+        m, s = rand_split_merge(gt, seg_slice)
+        merge.append(m)
+        split.append(s)
         ids = np.unique(seg_slice)
         segments.append(int(np.count_nonzero(ids)))
         cells.append(int(n_cells))
     valid = [k for k, r in enumerate(v_rand) if not math.isnan(r)]
+
+    def mean(values):
+        return float(np.mean([values[k] for k in valid])) if valid else math.nan
+
     return {
-        "v_rand": float(np.mean([v_rand[k] for k in valid])) if valid else math.nan,
-        "v_info": float(np.mean([v_info[k] for k in valid])) if valid else math.nan,
+        "v_rand": mean(v_rand),
+        "v_info": mean(v_info),
+        "v_rand_merge": mean(merge),
+        "v_rand_split": mean(split),
         "v_rand_per_slice": [float(v) for v in v_rand],
         "v_info_per_slice": [float(v) for v in v_info],
         "segments_per_slice": segments,
