@@ -28,6 +28,7 @@ __all__ = [
     "THINNING",
     "partition_scores",
     "rand_split_merge",
+    "partition_all",
     "isbi_scores",
     "isbi_evaluate",
     "summary_scores",
@@ -89,34 +90,8 @@ def partition_scores(gt_seg, prop_seg):
     >>> [round(v, 4) for v in partition_scores(gt, prop)]     # 96/112, 2 ln2 / 2.5 ln2
     [0.8571, 0.8]
     """
-    gt_seg = np.asarray(gt_seg)
-    prop_seg = np.asarray(prop_seg)
-    if gt_seg.shape != prop_seg.shape:
-        raise InputError(f"segment images differ in shape: {gt_seg.shape} and {prop_seg.shape}")
-    if gt_seg.size and min(int(gt_seg.min()), int(prop_seg.min())) < 0:
-        raise InputError("segment ids must be >= 0 (0 = background / unassigned)")
-    fg = gt_seg > 0
-    n = int(np.count_nonzero(fg))
-    if n == 0:
-        return math.nan, math.nan
-    rows, cols, n_ij, n_single = _contingency(gt_seg[fg].astype(np.int64), prop_seg[fg].astype(np.int64))
-
-    # V_rand = sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2), in counts.
-    sum_ij2 = n_ij @ n_ij + n_single
-    v_rand = sum_ij2 / (0.5 * (rows @ rows) + 0.5 * (cols @ cols + n_single))
-
-    # V_info = 2 I(S;T) / (H(S) + H(T)); a singleton has p = 1/n.
-    def plogp(c):
-        p = c / n
-        return float(p @ np.log(p))
-
-    single_term = n_single / n * math.log(n)
-    h_s = -plogp(rows)
-    h_t = -plogp(cols) + single_term
-    h_st = -plogp(n_ij) + single_term
-    denom = h_s + h_t
-    v_info = 1.0 if denom <= 0.0 else 2.0 * (h_s + h_t - h_st) / denom  # 1: both one segment
-    return float(min(max(v_rand, 0.0), 1.0)), float(min(max(v_info, 0.0), 1.0))
+    v_rand, v_info, _, _ = partition_all(gt_seg, prop_seg)
+    return v_rand, v_info
 
 
 def rand_split_merge(gt_seg, prop_seg):
@@ -148,16 +123,48 @@ def rand_split_merge(gt_seg, prop_seg):
     >>> [round(v, 4) for v in rand_split_merge(gt, prop)]
     [1.0, 0.75]
     """
+    _, _, merge, split = partition_all(gt_seg, prop_seg)
+    return merge, split
+
+
+def partition_all(gt_seg, prop_seg):
+    """``(v_rand, v_info, merge, split)`` from one contingency table.
+
+    The scores of :func:`partition_scores` and :func:`rand_split_merge`,
+    for callers that want both without counting the pixels twice.
+    """
     gt_seg = np.asarray(gt_seg)
     prop_seg = np.asarray(prop_seg)
     if gt_seg.shape != prop_seg.shape:
         raise InputError(f"segment images differ in shape: {gt_seg.shape} and {prop_seg.shape}")
+    if gt_seg.size and min(int(gt_seg.min()), int(prop_seg.min())) < 0:
+        raise InputError("segment ids must be >= 0 (0 = background / unassigned)")
     fg = gt_seg > 0
-    if not fg.any():
-        return math.nan, math.nan
+    n = int(np.count_nonzero(fg))
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan
     rows, cols, n_ij, n_single = _contingency(gt_seg[fg].astype(np.int64), prop_seg[fg].astype(np.int64))
+
+    # V_rand = sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2), in counts; merge and split are
+    # the two ratios it is the harmonic mean of.
     sum_ij2 = n_ij @ n_ij + n_single
-    return float(sum_ij2 / (cols @ cols + n_single)), float(sum_ij2 / (rows @ rows))
+    sum_t2 = cols @ cols + n_single
+    sum_s2 = rows @ rows
+    v_rand = sum_ij2 / (0.5 * sum_s2 + 0.5 * sum_t2)
+
+    # V_info = 2 I(S;T) / (H(S) + H(T)); a singleton has p = 1/n.
+    def plogp(c):
+        p = c / n
+        return float(p @ np.log(p))
+
+    single_term = n_single / n * math.log(n)
+    h_s = -plogp(rows)
+    h_t = -plogp(cols) + single_term
+    h_st = -plogp(n_ij) + single_term
+    denom = h_s + h_t
+    v_info = 1.0 if denom <= 0.0 else 2.0 * (h_s + h_t - h_st) / denom  # 1: both one segment
+    return (float(min(max(v_rand, 0.0), 1.0)), float(min(max(v_info, 0.0), 1.0)),
+            float(sum_ij2 / sum_t2), float(sum_ij2 / sum_s2))
 
 
 def _contingency(g, s):

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from em_keras.errors import InputError
-from em_keras.metrics.isbi import partition_scores, rand_split_merge
+from em_keras.metrics.isbi import partition_all
 from em_keras.metrics.pixel import as_binary_labels
 
 __all__ = ["ground_truth_segments", "segmentation_scores"]
@@ -87,10 +87,9 @@ def segmentation_scores(labels, seg):
     v_rand, v_info, merge, split, segments, cells = [], [], [], [], [], []
     for label_slice, seg_slice in zip(lab, seg):
         gt, n_cells = ndimage.label(label_slice, structure=_FOUR)
-        r, i = partition_scores(gt, seg_slice)
+        r, i, m, s = partition_all(gt, seg_slice)
         v_rand.append(r)
         v_info.append(i)
-        m, s = rand_split_merge(gt, seg_slice)
         merge.append(m)
         split.append(s)
         ids = np.unique(seg_slice)
