@@ -21,7 +21,7 @@ import sys
 __version__ = "0.2.0"
 
 _SUBMODULES = (
-    "atomic", "cli", "config", "data", "errors", "inference", "losses", "metrics", "models",
+    "atomic", "cli", "config", "data", "errors", "inference", "jsonfile", "losses", "metrics", "models",
     "postprocess", "runtime", "training",
 )
 

@@ -1,7 +1,5 @@
 """``python -m em_keras``: the same command as ``em-keras``."""
 
-import sys
-
 from em_keras.cli.main import console_main
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ every value. Importing this module imports neither Keras nor TensorFlow.
 
 import dataclasses
 import difflib
-import json
 import math
-import os
 
 from em_keras.errors import InputError
 
@@ -337,20 +335,12 @@ def load_config_file(path, flag="--config"):
     InputError
         A missing or unreadable file, invalid JSON, or an unknown setting.
     """
+    from em_keras.jsonfile import read_json_object
+
     where = f"{flag} {path}"
-    if not os.path.isfile(path):
-        raise InputError(f"{where}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{where}: cannot read ({exc})") from None
-    except ValueError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc})") from None
-    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+    obj = read_json_object(path, where)
+    if isinstance(obj.get("config"), dict):
         obj = obj["config"]  # a run's run.json
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: expected a JSON object of settings, got {type(obj).__name__}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, val in obj.items():

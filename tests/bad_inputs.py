@@ -499,7 +499,7 @@ _CASES_PREDICT = [
     C(_predict("--offset", "{dir}/none.json"), "no such file", "`--offset` JSON does not exist"),
     C(_predict("--offset", "{offset_none}"), "no 'offset' entry", "`--offset` JSON without an offset"),
     C(_predict("--offset", "{offset_far}"), "more than 4 px", "`--offset` JSON with an offset of 1e9 px"),
-    C(_predict("--offset", "{bad_json}"), "not a readable JSON", "`--offset`: truncated JSON"),
+    C(_predict("--offset", "{bad_json}"), "not valid JSON", "`--offset`: truncated JSON"),
 ]
 
 _CASES_VOLUME = [
@@ -671,7 +671,7 @@ _CASES_CRF = [
     C(_crf("--out-probs", "{file}/r.npy"), "is a file, not a directory", "`--out-probs` under a regular file"),
     C(_crf("--out-probs", "{probs}"), "same file as --probs", "`--out-probs` is `--probs`"),
     C(_crf("--params", "{missing}"), "no such file", "`--params` does not exist"),
-    C(_crf("--params", "{bad_json}"), "cannot read JSON", "`--params`: truncated JSON"),
+    C(_crf("--params", "{bad_json}"), "not valid JSON", "`--params`: truncated JSON"),
     C(_crf("--params", "{params_list}"), "JSON object", "`--params`: a JSON list"),
     C(_crf("--params", "{params_none}"), "holds no CRF parameter", "`--params` without CRF parameters"),
     C(_crf("--params", "{params_rgb}"), "no longer supported", "`--params` of the removed rgb mode"),

@@ -176,7 +176,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path, content, message, capsys
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     assert run_cli(train_main, ["unet", "--config", str(tmp_path / "missing.json"), "--out", "o"]) == 2
-    assert "file not found" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_common_flags_are_fields():

@@ -131,18 +131,11 @@ def load_params(path, flag="--params"):
         A missing or unreadable file, no CRF parameter in it, a bad value, or a
         setting of the removed ``rgb`` mode.
     """
-    import json
-
+    from em_keras.jsonfile import read_json_object
     from em_keras.postprocess.crf import PARAM_NAMES, check_params
 
-    if not os.path.isfile(path):
-        raise InputError(f"{flag} {path}: no such file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{flag} {path}: cannot read JSON ({str(exc).splitlines()[0]})") from None
-    params = obj.get("params", obj) if isinstance(obj, dict) else None
+    obj = read_json_object(path, f"{flag} {path}")
+    params = obj.get("params", obj)
     if not isinstance(params, dict):
         raise InputError(f"{flag} {path}: expected a JSON object of CRF parameters")
     if params.get("mode", "gray") != "gray":

@@ -8,7 +8,6 @@ it with its model (:func:`recorded_offset`) so that prediction applies it
 unasked. NumPy and SciPy only.
 """
 
-import json
 import os
 
 import numpy as np
@@ -28,13 +27,9 @@ MAX_OFFSET = 4.0
 
 def _offset_entry(path, flag):
     """The ``"offset"`` entry of the JSON file ``path`` (None when it has none)."""
-    if not os.path.isfile(path):
-        raise InputError(f"{flag} {path}: no such file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("offset")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise InputError(f"{flag} {path}: not a readable JSON object ({type(exc).__name__})") from None
+    from em_keras.jsonfile import read_json_object
+
+    return read_json_object(path, f"{flag} {path}").get("offset")
 
 
 def _check_offset(value, text, flag):

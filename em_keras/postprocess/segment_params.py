@@ -1,6 +1,5 @@
 """Parameters of :mod:`em_keras.postprocess.segment`: defaults, checks, and their JSON files."""
 
-import json
 import math
 import os
 
@@ -172,15 +171,11 @@ def load_params(path):
     InputError
         A missing or unreadable file, invalid JSON, or bad parameters (naming ``path``).
     """
+    from em_keras.jsonfile import read_json_object
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            obj = json.load(fh)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if isinstance(obj, dict) and "params" in obj:
+    obj = read_json_object(path)
+    if "params" in obj:
         if obj.get("format", PARAMS_FORMAT) != PARAMS_FORMAT:
             raise InputError(f"{path}: unknown format {obj.get('format')!r} (expected {PARAMS_FORMAT})")
         obj = obj["params"]
