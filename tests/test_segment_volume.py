@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from scipy import ndimage
 from em_keras.cli import segment as segment_cli
 from em_keras.errors import InputError, run_cli
 from em_keras.postprocess import segment as seg
+from killing import kill_when
 
 zarr = pytest.importorskip("zarr", reason="the volume extra (zarr) is not installed")
 
@@ -110,12 +109,7 @@ def test_cli_resumes_after_kill(probs, tmp_path, capsys):
 
     src, out = _zarr(tmp_path / "p.zarr", probs), str(tmp_path / "cells.zarr")
     args = ["--probs", src, "--out", out]
-    proc = _slow_cli(args)
-    deadline = time.time() + 60
-    while not done_keys(out) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(lambda: done_keys(out), proc=_slow_cli(args), timeout=60)
     written = done_keys(out)
     assert 1 <= len(written) < 5, "the kill came too late to test a resume"
     arr = zarr.open_array(out, mode="r")  # readable, and not presented as complete
@@ -132,11 +126,11 @@ def test_cli_resumes_after_kill(probs, tmp_path, capsys):
 def _kill_after_first_slice(out, pid, killed):
     from em_keras.inference.volume_store import done_keys
 
-    deadline = time.time() + 60
-    while not done_keys(out) and time.time() < deadline:
-        time.sleep(0.01)
-    killed["done_then"] = len(done_keys(out))
-    os.kill(pid, signal.SIGKILL)
+    def ready():
+        killed["done_then"] = len(done_keys(out))
+        return killed["done_then"] > 0
+
+    kill_when(ready, pid=pid, timeout=60)
 
 
 def test_local_dask_cluster_of_two_workers(probs, tmp_path):

@@ -1,17 +1,16 @@
 """Chunked, resumable volume prediction (em_keras.inference.volume) and its Dask runner."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 import tifffile
 
 from em_keras.errors import InputError, run_cli
+from killing import kill_when
 
 zarr = pytest.importorskip("zarr", reason="the volume extra (zarr) is not installed")
 
@@ -232,12 +231,7 @@ def test_cli_resumes_after_kill(tiny, tmp_path):
     src, out = str(tmp_path / "v.tif"), str(tmp_path / "p.zarr")
     tifffile.imwrite(src, images)
     args = ["--model", path, "--images", src, "--out", out, "--chunks", "1,32,32"]
-    proc = _cli(args)
-    deadline = time.time() + 120
-    while len(done_keys(out)) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(lambda: len(done_keys(out)) >= 3, proc=_cli(args), timeout=120)
     written = done_keys(out)
     assert 3 <= len(written) < 32, "the kill came too late to test a resume"
     arr = zarr.open_array(out, mode="r")  # readable, and not presented as complete
@@ -285,10 +279,11 @@ def test_dask_two_workers_survive_a_killed_worker(tiny, tmp_path):
     killed = {}
 
     def kill_one(pids):
-        while not done_keys(out):
-            time.sleep(0.01)
-        killed["done_then"] = len(done_keys(out))
-        os.kill(pids[0], signal.SIGKILL)
+        def ready():
+            killed["done_then"] = len(done_keys(out))
+            return killed["done_then"] > 0
+
+        kill_when(ready, pid=pids[0], timeout=120)
         killed["pid"] = pids[0]
 
     with dask_client(workers=2) as client:
