@@ -169,12 +169,10 @@ def _segment_params(args):
     """(params, where they come from) for ``--segment``, checked before the (slow) prediction; or None."""
     if args.segment is None:
         return None
-    from em_keras.postprocess import segment as seg
+    from em_keras.cli.segment import resolve_params
 
-    path = args.segment_params or run_segment_params(args.model[0])
-    if path is None:
-        return seg.check_params(), "built-in defaults (no segment.json with the model)"
-    return seg.load_params(path), path
+    return resolve_params(args.segment_params or run_segment_params(args.model[0]),
+                          "no segment.json with the model")
 
 
 def _segment(args, probs, params):

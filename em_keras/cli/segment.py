@@ -170,14 +170,25 @@ def _read_inputs(args):
     return probs, images, labels, index
 
 
-def _params(args, seg):
-    """The parameters to use, and one line saying where they come from."""
-    path = args.params or default_params_path(args.probs)
+def resolve_params(path, why_none):
+    """``(params, where they come from)``: those stored in ``path``, or the built-in defaults when it is None.
+
+    ``why_none`` says why there is no file, e.g. ``"no segment.json with the model"``.
+    """
+    from em_keras.postprocess import segment as seg
+
     if path is None:
-        return seg.check_params(), "parameters: built-in defaults (no --params, no segment.json beside --probs)"
+        return seg.check_params(), f"built-in defaults ({why_none})"
     params = seg.load_params(path)
     matched = "; P(cell) matched to the tuning slices' distribution" if params["reference_quantiles"] else ""
-    return params, f"parameters: {path}{matched}"
+    return params, f"{path}{matched}"
+
+
+def _params(args):
+    """The parameters to use, and one line saying where they come from."""
+    params, source = resolve_params(args.params or default_params_path(args.probs),
+                                    "no --params, no segment.json beside --probs")
+    return params, f"parameters: {source}"
 
 
 def write_labels(out, labels, boundaries=None):
@@ -218,7 +229,7 @@ def main(argv=None, prog="em-keras segment"):
             seg.save_params(args.save_params, params, scores)
             print(f"wrote {args.save_params}")
         else:
-            params, source = _params(args, seg)
+            params, source = _params(args)
             print(source)
         if args.out:
             workers = args.workers or min(os.cpu_count() or 1, 8)
@@ -240,7 +251,7 @@ def _main_volume(args, seg):
     from em_keras.postprocess.volume_segment import parse_label_chunks, segment_volume
 
     chunks = parse_label_chunks(args.chunks) if args.chunks is not None else None
-    params, source = _params(args, seg)
+    params, source = _params(args)
     print(source)
     res = segment_volume(args.probs, args.out, params, boundaries=args.boundaries, chunks=chunks,
                          overwrite=args.overwrite, workers=args.workers, scheduler=args.scheduler)
