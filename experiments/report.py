@@ -61,7 +61,7 @@ class Experiment:
     flags : tuple of str
         Train-script flags on top of ``--preset``.
     init_from : str, optional
-        Name of the experiment whose ``best.keras`` warm-starts this one
+        Name of the experiment whose ``last.keras`` warm-starts this one
         (FCN-32s -> 16s -> 8s).
     report : str, optional
         Key of :data:`REPORT_NUMBERS`: the course report's figure for the same setup.
@@ -173,7 +173,8 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
     if smoke:
         argv += list(SMOKE_FLAGS[exp.model])
     if exp.init_from:
-        parent = os.path.join(runs, exp.init_from, "best.keras")
+        # last.keras: best.keras was picked by the loss on the held-out slices the chain is scored on
+        parent = os.path.join(runs, exp.init_from, "last.keras")
         if not os.path.isfile(parent):
             raise InputError(f"[{exp.name}] needs {parent}: run {exp.init_from} first (--only {exp.init_from},{exp.name})")
         argv += ["--init-from", parent]
@@ -508,7 +509,7 @@ def main(argv=None, log=print):
         args.data = os.path.dirname(found[0])
 
     for exp in [] if args.no_train else matrix:
-        parent = exp.init_from and os.path.join(args.runs, exp.init_from, "best.keras")
+        parent = exp.init_from and os.path.join(args.runs, exp.init_from, "last.keras")
         if parent and not os.path.isfile(parent) and _status(os.path.join(args.runs, exp.name)) != "done":
             log(f"[{exp.name}] skipped: needs {parent}: run {exp.init_from} first")
             continue
