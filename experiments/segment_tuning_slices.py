@@ -31,7 +31,6 @@ Mean change +0.0008 V_rand, within the run-to-run noise, for 2.5x the tuning
 time: the product keeps 8 slices.
 """
 
-import argparse
 import json
 import os
 import sys
