@@ -50,7 +50,9 @@ def _cpu():
 def _em_keras(*args):
     cmd = [sys.executable, "-m", "em_keras", *map(str, args)]
     print("$ " + " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, check=True)
+    rc = subprocess.run(cmd).returncode
+    if rc:  # the command printed its own one-line error
+        raise SystemExit(f"bench/seeds.py: em-keras {args[0]} failed with exit status {rc}; stopping")
 
 
 def run_seed(seed, args, extra):
