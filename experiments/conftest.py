@@ -1,8 +1,15 @@
-"""The tests' shared fixtures (tests/conftest.py) for the experiments' own tests."""
+"""The tests' shared fixtures (tests/conftest.py) for the experiments' own tests.
 
+``tests/conftest.py`` is loaded under its own module name: a plain ``from conftest import``
+would find this file, which pytest has already imported as ``conftest``.
+"""
+
+import importlib.util
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+_TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+_spec = importlib.util.spec_from_file_location("em_keras_tests_conftest", os.path.join(_TESTS, "conftest.py"))
+_shared = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shared)
 
-from conftest import real_data, synthetic_stack, tiny_stack  # noqa: E402,F401
+real_data, synthetic_stack, tiny_stack = _shared.real_data, _shared.synthetic_stack, _shared.tiny_stack

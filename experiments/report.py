@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from em_keras.atomic import save_json
 from em_keras.errors import ArgumentParser, InputError, TrainingError
 
 __all__ = [
@@ -65,6 +66,8 @@ class Experiment:
         (FCN-32s -> 16s -> 8s).
     report : str, optional
         Key of :data:`REPORT_NUMBERS`: the course report's figure for the same setup.
+    config : tuple of (str, value) pairs
+        Settings without a flag (e.g. ``("dropout", 0.0)``), passed in a ``--config`` file.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Experiment:
     flags: tuple = ()
     init_from: str = None
     report: str = None
+    config: tuple = ()
 
     @property
     def augment(self):
@@ -79,32 +83,33 @@ class Experiment:
 
     @property
     def elastic(self):
-        return "--elastic" in self.flags
+        return bool(dict(self.config).get("elastic"))
 
 
-_NOAUG = ("--no-augment", "--no-rot90", "--no-vertical-flip")
-_ELASTIC = ("--elastic", "10")
+_NOAUG = ("--no-augment",)
+_NOAUG_CONFIG = (("rot90", False), ("vertical_flip", False))
+_ELASTIC = (("elastic", 10.0),)
 
 #: The default matrix, in training order (a warm-started run follows its parent).
 DEFAULT_MATRIX = (
     Experiment("unet", "unet", report="unet_aug"),
-    Experiment("unet-noaug", "unet", _NOAUG, report="unet"),
-    Experiment("unet-elastic", "unet", _ELASTIC),
-    Experiment("unet-border", "unet", ("--border-weight", "10")),
+    Experiment("unet-noaug", "unet", _NOAUG, report="unet", config=_NOAUG_CONFIG),
+    Experiment("unet-elastic", "unet", config=_ELASTIC),
+    Experiment("unet-border", "unet", config=(("border_weight", 10.0),)),
     Experiment("unetpp-ds", "unetpp", report="unetpp"),
     Experiment("unetpp", "unetpp", ("--no-deep-supervision",)),
-    Experiment("unetpp-ds-noaug", "unetpp", _NOAUG),
-    Experiment("unetpp-ds-elastic", "unetpp", _ELASTIC),
+    Experiment("unetpp-ds-noaug", "unetpp", _NOAUG, config=_NOAUG_CONFIG),
+    Experiment("unetpp-ds-elastic", "unetpp", config=_ELASTIC),
     Experiment("fcn32s", "fcn", ("--variant", "32s")),
     Experiment("fcn16s", "fcn", ("--variant", "16s"), init_from="fcn32s"),
     Experiment("fcn8s", "fcn", ("--variant", "8s"), init_from="fcn16s", report="fcn8s"),
-    Experiment("fcn8s-noaug", "fcn", ("--variant", "8s") + _NOAUG, init_from="fcn16s"),
-    Experiment("fcn8s-elastic", "fcn", ("--variant", "8s") + _ELASTIC, init_from="fcn16s"),
+    Experiment("fcn8s-noaug", "fcn", ("--variant", "8s") + _NOAUG, init_from="fcn16s", config=_NOAUG_CONFIG),
+    Experiment("fcn8s-elastic", "fcn", ("--variant", "8s"), init_from="fcn16s", config=_ELASTIC),
     # FCN-8s from scratch in one ~28-minute run: beats the 3-stage chain in about the same time.
     Experiment("fcn8s-direct", "fcn", ("--variant", "8s", "--epochs", "22", "--steps-per-epoch", "20")),
     # The same without dropout or augmentation, Adam 2e-4: learns faster in the budget (88.59%).
     Experiment("fcn8s-direct-noaug", "fcn", ("--variant", "8s", "--epochs", "22", "--steps-per-epoch", "20",
-                                             "--dropout", "0", "--lr", "2e-4") + _NOAUG),
+                                             "--lr", "2e-4") + _NOAUG, config=_NOAUG_CONFIG + (("dropout", 0.0),)),
 )
 
 #: The course report's own figures (its held-out slices were 25-29 of the full volume).
@@ -119,12 +124,14 @@ REPORT_NUMBERS = {
 #: ``--smoke``: a few steps on tiny crops, to check the pipeline end to end.
 SMOKE_FLAGS = {
     "unet": ("--filters", "4", "--depth", "2", "--crop", "32", "--batch-size", "2",
-             "--epochs", "1", "--steps-per-epoch", "2", "--no-tta"),
+             "--epochs", "1", "--steps-per-epoch", "2"),
     "unetpp": ("--filters", "4", "--depth", "2", "--crop", "32", "--batch-size", "2",
-               "--epochs", "1", "--steps-per-epoch", "2", "--no-tta"),
-    "fcn": ("--fc-width", "8", "--crop", "64", "--batch-size", "1", "--epochs", "1",
-            "--steps-per-epoch", "1", "--backbone-weights", "none", "--no-tta"),
+               "--epochs", "1", "--steps-per-epoch", "2"),
+    "fcn": ("--crop", "64", "--batch-size", "1", "--epochs", "1",
+            "--steps-per-epoch", "1", "--backbone-weights", "none"),
 }
+#: Settings without a flag that ``--smoke`` adds (through ``--config``): no 8-fold TTA, a narrow FCN.
+SMOKE_CONFIG = {"unet": {"tta": False}, "unetpp": {"tta": False}, "fcn": {"tta": False, "fc_width": 8}}
 _SMOKE_GRID = {"compat_bilateral": [0, 10], "schan": [0.01]}
 
 KEYS = ("pixel_accuracy", "cell_accuracy", "membrane_accuracy", "v_rand", "v_info")
@@ -178,6 +185,12 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
         if not os.path.isfile(parent):
             raise InputError(f"[{exp.name}] needs {parent}: run {exp.init_from} first (--only {exp.init_from},{exp.name})")
         argv += ["--init-from", parent]
+    settings = dict(exp.config, **(SMOKE_CONFIG[exp.model] if smoke else {}))
+    if settings:
+        config = os.path.join(runs, f"{exp.name}.config.json")
+        os.makedirs(runs, exist_ok=True)
+        save_json(config, settings)
+        argv += ["--config", config]
     if status == "interrupted":
         argv.append("--resume")
     elif os.path.isdir(out) and os.listdir(out):
@@ -336,6 +349,8 @@ def _settings(exp, tta, crf):
         if f.startswith("--") and f not in skip:
             value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
             parts.append(f"{f[2:]} {value}".strip())
+    parts += [f"{key.replace('_', '-')} {value:g}" if isinstance(value, float) else f"{key.replace('_', '-')} {value}"
+              for key, value in exp.config if key not in ("rot90", "vertical_flip", "elastic")]
     if tta is not None:
         parts.append("TTA" if tta else "no TTA")
     if crf:
@@ -492,7 +507,8 @@ def main(argv=None, log=print):
         for exp in matrix:
             status = _status(os.path.join(args.runs, exp.name)) or "not run"
             log(f"{exp.name:20s} {exp.model:7s} {status:12s} {' '.join(exp.flags)}"
-                f"{' --init-from ' + exp.init_from if exp.init_from else ''}")
+                f"{' --init-from ' + exp.init_from if exp.init_from else ''}"
+                f"{' config ' + json.dumps(dict(exp.config)) if exp.config else ''}")
         return 0
     found = data.find_data(args.data)
     if found is None:

@@ -120,10 +120,11 @@ def test_fcn_experiment_trains_in_its_own_process_on_eigen_kernels(tmp_path, mon
     tifffile.imwrite(tmp_path / "train-volume.tif", (images * 255).astype(np.uint8))
     tifffile.imwrite(tmp_path / "train-labels.tif", (labels * 255).astype(np.uint8))
     runs = tmp_path / "runs"
-    exp = report.Experiment("fcn8s-direct", "fcn", ("--variant", "8s"))
+    exp = report.Experiment("fcn8s-direct", "fcn", ("--variant", "8s"), config=(("dropout", 0.25),))
     out = report.run_experiment(exp, str(runs), str(tmp_path), "4-5", smoke=True)
     assert "[fcn8s-direct] in its own process" in capsys.readouterr().out
     run = json.loads((runs / "fcn8s-direct" / "run.json").read_text())
+    assert run["config"]["dropout"] == 0.25  # a setting without a flag reaches the run through --config
     # Eigen on every CPU (this process has oneDNN on): FCN-32s aborted in oneDNN on the Zen 5 CPU
     assert run["versions"]["tensorflow_onednn"] is False
     assert os.path.isfile(os.path.join(out, "metrics.json"))
@@ -148,6 +149,8 @@ def test_settings_column_names_flags_and_values():
     assert report._settings(by_name["unet-border"], True, None) == "aug, border-weight 10, TTA"
     assert report._settings(by_name["unetpp"], False, None) == "aug, no-deep-supervision, no TTA"
     assert report._settings(by_name["fcn8s-noaug"], True, "tuned") == "no aug, from fcn16s, TTA, CRF tuned"
+    assert (report._settings(by_name["fcn8s-direct-noaug"], True, None)
+            == "no aug, epochs 22, steps-per-epoch 20, lr 2e-4, dropout 0, TTA")
 
 
 def test_rescoring_applies_the_runs_label_offset(tmp_path):
