@@ -34,7 +34,8 @@ demo: install $(DATA)/train-volume.tif
 		--labels $(DATA)/train-labels.tif --slices=$(HELD_OUT) --json $(OUT)/evaluate.json
 
 test: install
-	$(PY) -m pytest tests experiments/test_report.py em_keras --doctest-modules -q -p no:cacheprovider
+	$(PY) -m pytest tests em_keras --doctest-modules -q -p no:cacheprovider
+	$(PY) -m pytest experiments -q -p no:cacheprovider
 
 clean:
 	rm -rf runs .pytest_cache
