@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-__all__ = ["InputError", "TrainingError", "ArgumentParser", "run_cli"]
+__all__ = ["InputError", "TrainingError", "ArgumentParser", "first_line", "run_cli"]
 
 
 class InputError(ValueError):
@@ -19,6 +19,20 @@ class TrainingError(RuntimeError):
 
     Command-line entry points print it as one line and exit 3.
     """
+
+
+def first_line(exc):
+    r"""The first line of an exception's message, or its class name when the message is empty.
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad value\nmore detail"))
+    'bad value'
+    >>> first_line(OSError())
+    'OSError'
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -94,7 +108,7 @@ def run_cli(main, argv=None):
     except OSError as exc:  # disk full, permissions, I/O errors: one line, not a traceback
         if debug:
             raise
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if debug:

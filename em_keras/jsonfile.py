@@ -3,14 +3,9 @@
 import json
 import os
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = ["read_json_object"]
-
-
-def _first_line(exc):
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_json_object(path, where=None):
@@ -51,9 +46,9 @@ def read_json_object(path, where=None):
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{where}: cannot read ({_first_line(exc)})") from None
+        raise InputError(f"{where}: cannot read ({first_line(exc)})") from None
     except ValueError as exc:
-        raise InputError(f"{where}: not valid JSON ({_first_line(exc)})") from None
+        raise InputError(f"{where}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     return obj

@@ -159,6 +159,14 @@ def _status(out):
     return None
 
 
+def parent_model(runs, exp):
+    """The checkpoint that warm-starts ``exp``: its parent's ``last.keras``.
+
+    Not ``best.keras``: that one is picked by the loss on the held-out slices the chain is scored on.
+    """
+    return os.path.join(runs, exp.init_from, "last.keras")
+
+
 def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=print):
     """Train ``exp`` into ``runs/exp.name`` unless it is finished; resume it if interrupted.
 
@@ -180,8 +188,7 @@ def run_experiment(exp, runs, data, val_slices, preset="cpu", smoke=False, log=p
     if smoke:
         argv += list(SMOKE_FLAGS[exp.model])
     if exp.init_from:
-        # last.keras: best.keras was picked by the loss on the held-out slices the chain is scored on
-        parent = os.path.join(runs, exp.init_from, "last.keras")
+        parent = parent_model(runs, exp)
         if not os.path.isfile(parent):
             raise InputError(f"[{exp.name}] needs {parent}: run {exp.init_from} first (--only {exp.init_from},{exp.name})")
         argv += ["--init-from", parent]
@@ -343,14 +350,15 @@ def _settings(exp, tta, crf):
         parts.append("elastic")
     if exp.init_from:
         parts.append(f"from {exp.init_from}")
-    skip = {"--no-augment", "--no-rot90", "--no-vertical-flip", "--elastic", "--variant"}
+    skip = {"--no-augment", "--variant"}
     flags = list(exp.flags)
     for i, f in enumerate(flags):
         if f.startswith("--") and f not in skip:
             value = flags[i + 1] if i + 1 < len(flags) and not flags[i + 1].startswith("--") else ""
             parts.append(f"{f[2:]} {value}".strip())
-    parts += [f"{key.replace('_', '-')} {value:g}" if isinstance(value, float) else f"{key.replace('_', '-')} {value}"
-              for key, value in exp.config if key not in ("rot90", "vertical_flip", "elastic")]
+    shown = {k: v for k, v in exp.config if k not in ("rot90", "vertical_flip", "elastic")}  # "no aug", "elastic"
+    parts += [f"{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"{k.replace('_', '-')} {v}"
+              for k, v in shown.items()]
     if tta is not None:
         parts.append("TTA" if tta else "no TTA")
     if crf:
@@ -525,7 +533,7 @@ def main(argv=None, log=print):
         args.data = os.path.dirname(found[0])
 
     for exp in [] if args.no_train else matrix:
-        parent = exp.init_from and os.path.join(args.runs, exp.init_from, "last.keras")
+        parent = exp.init_from and parent_model(args.runs, exp)
         if parent and not os.path.isfile(parent) and _status(os.path.join(args.runs, exp.name)) != "done":
             log(f"[{exp.name}] skipped: needs {parent}: run {exp.init_from} first")
             continue

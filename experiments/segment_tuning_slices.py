@@ -63,15 +63,16 @@ def training_probs(run, images, train_idx):
     return probs
 
 
-def compare(run, images, labels, train_idx, val_idx, picks=8):
-    """Held-out (V_rand, V_info) of the segmentation tuned on ``picks`` evenly spaced training slices, and on all."""
+def compare(run, images, labels, train_idx, val_idx):
+    """Held-out (V_rand, V_info) of the segmentation tuned as the run did, and tuned on every training slice."""
     from em_keras.metrics.segmentation import segmentation_scores
     from em_keras.postprocess.segment import segment_stack, tune
+    from em_keras.training.outputs import calibration_picks
 
     train_probs = training_probs(run, images, train_idx)
     held = np.load(os.path.join(run, "probs.npy"))
     y_train, y_val = labels[train_idx], labels[val_idx]
-    few = np.unique(np.linspace(0, len(train_idx) - 1, min(len(train_idx), picks)).round().astype(int))
+    few = calibration_picks(len(train_idx))
     rows = []
     for subset in (few, np.arange(len(train_idx))):
         params, _ = tune(train_probs[subset], y_train[subset])

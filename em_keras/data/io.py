@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from em_keras.data.synthetic import synthetic_em
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = [
     "read_raw",
@@ -112,7 +112,7 @@ def read_raw(path):
     except InputError:
         raise
     except Exception as exc:  # corrupt or unreadable files
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"{path}: cannot read file ({msg})") from None
     return np.asarray(arr)
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = ["load_probs", "validate_probs", "PROB_EXTS"]
 
@@ -92,7 +92,7 @@ def _read_npy(path):
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:  # truncated or corrupt file
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"{path}: cannot read .npy ({msg})") from None
 
 

@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 from em_keras.inference.volume_store import require
 
 __all__ = ["WORKER_ENV", "dask_client", "run_tasks", "run_chunks", "run_chunk", "cached_model", "cached_volume",
@@ -90,7 +90,7 @@ def dask_client(workers=None, scheduler=None):
         try:
             client = distributed.Client(scheduler, timeout=30)
         except (OSError, TimeoutError, ValueError) as exc:
-            why = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = first_line(exc)
             raise InputError(f"--scheduler {scheduler}: cannot connect ({why})") from None
         with client:
             yield client

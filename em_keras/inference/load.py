@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = ["load_model", "load_keras_file", "model_multiple", "model_channels", "common_multiple"]
 
@@ -53,10 +53,6 @@ def load_model(path):
     return model
 
 
-def _first_line(exc):
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _load_savedmodel(path):
     """A :class:`_SavedModelRunner` for the SavedModel directory ``path``; bad input is an InputError."""
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -66,7 +62,7 @@ def _load_savedmodel(path):
     try:
         loaded = tf.saved_model.load(path)
     except Exception as exc:  # a truncated or corrupt saved_model.pb, missing variables, ...
-        raise InputError(f"{path}: cannot load SavedModel ({_first_line(exc)})") from None
+        raise InputError(f"{path}: cannot load SavedModel ({first_line(exc)})") from None
     if not hasattr(loaded, "serve"):
         raise InputError(f"{path}: SavedModel has no 'serve' endpoint")
     return _SavedModelRunner(loaded, _recorded_stride(path))
@@ -130,7 +126,7 @@ def load_keras_file(path, flag=None):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:
-        raise InputError(f"{where}: cannot load model ({_first_line(exc)})") from None
+        raise InputError(f"{where}: cannot load model ({first_line(exc)})") from None
 
 
 def _register_custom_objects():

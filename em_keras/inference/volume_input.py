@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 from em_keras.inference.volume_store import require
 
 __all__ = ["Volume", "open_volume", "is_zarr", "ZARR_FILES"]
@@ -98,10 +98,6 @@ def _scale(raw, norm):
     return raw.astype(np.float32)
 
 
-def _first_line(exc):
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _tiff_tags(path):
     """``(MaxSampleValue, BitsPerSample)`` of a TIFF's first page, each None when not recorded."""
     import tifffile
@@ -151,7 +147,7 @@ def _open_zarr(path, flag):
     try:
         node = zarr.open(path, mode="r")
     except Exception as exc:
-        raise InputError(f"{flag} {path}: cannot open as Zarr ({_first_line(exc)})") from None
+        raise InputError(f"{flag} {path}: cannot open as Zarr ({first_line(exc)})") from None
     if isinstance(node, zarr.Array):
         return node
     attrs = dict(node.attrs)
@@ -199,7 +195,7 @@ def _open_tiff(path, flag):
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{flag} {path}: cannot read TIFF ({_first_line(exc)})") from None
+        raise InputError(f"{flag} {path}: cannot read TIFF ({first_line(exc)})") from None
     finally:
         log.setLevel(level)
     zarr = require("zarr")

@@ -19,7 +19,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = [
     "VARIANTS",
@@ -189,7 +189,7 @@ def load_backbone_weights(model, path):
     try:
         ref.load_weights(os.fspath(path))
     except Exception as exc:  # h5py/Keras raise many types; report one line
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"--backbone-weights {path}: cannot load as VGG16 notop weights ({msg})") from None
     copied = []
     for layer in ref.layers:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from em_keras.atomic import atomic_path, save_json
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = ["AtomicModelCheckpoint", "SafeBackupAndRestore", "ResumableCSVLogger", "NaNGuard", "RunProgress",
            "BACKUP_META", "read_backup", "restore_backup", "write_backup", "read_history", "truncate_history",
@@ -158,7 +158,7 @@ def restore_backup(model, backup_dir, lr=None):
         if lr is not None and isinstance(current, keras.Variable):
             current.assign(lr)
         return int(state["epoch"])
-    msg = str(error).splitlines()[0] if str(error) else type(error).__name__
+    msg = first_line(error)
     raise InputError(f"cannot restore the interrupted run in {os.path.dirname(backup_dir)} "
                      f"({msg}); pass --overwrite to start over")
 

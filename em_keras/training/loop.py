@@ -30,7 +30,7 @@ import numpy as np
 
 from em_keras.atomic import save_json
 from em_keras.config import config_dict, resolve_config
-from em_keras.errors import InputError, TrainingError
+from em_keras.errors import InputError, TrainingError, first_line
 from em_keras.models.registry import build_model, inference_model, model_multiple
 from em_keras.training import run_dir
 from em_keras.training.backend import is_out_of_memory, jit_setting, setup_backend, versions
@@ -280,7 +280,7 @@ def _final_status(cfg, run_info, chief):
         raise
     except BaseException as exc:
         if not is_out_of_memory(exc):
-            mark("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            mark("failed", first_line(exc))
             raise
         size = f"{cfg.crop}x{cfg.crop} crops" if cfg.crop else f"slices of {cfg.size or 'full'} size"
         msg = (f"out of memory at --batch-size {cfg.batch_size} ({size}); "

@@ -9,7 +9,7 @@ import numpy as np
 from em_keras.atomic import save_json, save_npy, save_png, save_tiff
 from em_keras.models.registry import model_multiple
 
-__all__ = ["CALIBRATION_SLICES", "evaluate", "write_outputs", "panel"]
+__all__ = ["CALIBRATION_SLICES", "calibration_picks", "evaluate", "write_outputs", "panel"]
 
 #: At most this many training slices (evenly spaced) measure the label offset.
 CALIBRATION_SLICES = 8
@@ -36,12 +36,23 @@ def panel(image, label, prob, threshold):
     return np.concatenate(row, axis=1)
 
 
+def calibration_picks(n):
+    """Positions (among ``n`` training slices) of the at most CALIBRATION_SLICES evenly spaced ones a run tunes on.
+
+    Examples
+    --------
+    >>> calibration_picks(20).tolist()
+    [0, 3, 5, 8, 11, 14, 16, 19]
+    """
+    return np.unique(np.linspace(0, n - 1, min(n, CALIBRATION_SLICES)).round().astype(int))
+
+
 def _training_probs(model, cfg, data):
     """P(cell) of (at most CALIBRATION_SLICES, evenly spaced) training slices, predicted as the held-out ones."""
     from em_keras.inference.predict import predict_stack
 
     y_tr, train_idx = data.y_tr, data.train_idx
-    pick = np.unique(np.linspace(0, len(y_tr) - 1, min(len(y_tr), CALIBRATION_SLICES)).round().astype(int))
+    pick = calibration_picks(len(y_tr))
     probs = predict_stack(model, data.images, multiple=model_multiple(cfg), tta=bool(cfg.tta),
                           indices=[train_idx[i] for i in pick])
     return probs, y_tr[pick], [int(train_idx[i]) for i in pick]

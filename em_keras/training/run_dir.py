@@ -26,7 +26,7 @@ import shutil
 import numpy as np
 
 from em_keras.config import REMOVED_SETTINGS, config_dict, setting_name
-from em_keras.errors import InputError
+from em_keras.errors import InputError, first_line
 
 __all__ = ["RUN_OUTPUTS", "LOCK_FILE", "RESUME_FREE", "data_fingerprint", "read_run_info", "check_not_input",
            "inspect_out", "resume_mismatch", "span", "lock", "clear_outputs", "remove_temporaries", "prepare"]
@@ -74,7 +74,7 @@ def read_run_info(out):
         with open(path, encoding="utf-8") as fh:
             info = json.load(fh)
     except (OSError, ValueError) as exc:
-        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, first_line(exc)
     if not isinstance(info, dict):
         return None, f"expected a JSON object, got {type(info).__name__}"
     return info, None
