@@ -44,7 +44,7 @@ def test_help_has_at_most_25_flags_in_groups_each_with_help(model):
 def test_help_shows_the_chosen_presets_values():
     cpu = build_parser("unet", preset="cpu").format_help()
     paper = build_parser("unet", preset="paper").format_help()
-    assert "(cpu preset: 0.001)" in re.sub(r"\s+", " ", cpu)
+    assert "(cpu preset: 0.002)" in re.sub(r"\s+", " ", cpu)
     assert "(paper preset: 1e-05)" in re.sub(r"\s+", " ", paper)
     assert "whole slices resized to 512" in re.sub(r"\s+", " ", paper)
 

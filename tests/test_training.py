@@ -133,7 +133,7 @@ def test_run_writes_every_output(run):
     assert metrics["held_out_slices"] == [5] and metrics == json.loads(json.dumps(result))
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "done" and info["epochs_completed"] == 2 and "resumed_from_epoch" not in info
-    assert info["command"] and info["config"]["filters"] == 4 and info["config"]["lr"] == 1e-3  # preset value
+    assert info["command"] and info["config"]["filters"] == 4 and info["config"]["lr"] == 2e-3  # preset value
     assert {"em_keras", "python", "tensorflow", "keras", "numpy"} <= set(info["versions"])
     assert os.stat(out / "metrics.json").st_mode & 0o044  # readable by others, like any other file
     iterations = int(load(out / "last.keras").optimizer.iterations)
