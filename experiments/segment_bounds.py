@@ -54,13 +54,12 @@ def oracle_merge(frag, gt):
     >>> oracle_merge(frag, gt).tolist()
     [[5, 5, 5, 9]]
     """
-    frag, gt = np.asarray(frag, np.int64), np.asarray(gt, np.int64)
-    n, cells = int(frag.max()) + 1, int(gt.max()) + 1
-    counts = np.zeros((n, cells), np.int64)
-    np.add.at(counts, (frag[gt > 0], gt[gt > 0]), 1)
-    best = counts.argmax(1)
-    own = np.arange(n) + cells  # ids no ground-truth cell uses
-    return np.where(counts.max(1) > 0, best, own)[frag]
+    from em_keras.postprocess.edges import majority_cells
+
+    frag = np.asarray(frag, np.int64)
+    best = majority_cells(frag, gt)
+    own = np.arange(len(best)) + int(np.max(gt)) + 1  # ids no ground-truth cell uses
+    return np.where(best > 0, best, own)[frag]
 
 
 def bounds(run, labels):

@@ -26,7 +26,7 @@ import numpy as np
 from em_keras.errors import InputError
 from em_keras.postprocess.agglomerate import BINS, apply_merges, merge_sequence, region_graph
 
-__all__ = ["FEATURES", "EdgeScorer", "edge_features", "edge_scorer", "fit_edge_weights"]
+__all__ = ["FEATURES", "EdgeScorer", "edge_features", "edge_scorer", "fit_edge_weights", "majority_cells"]
 
 FEATURES = ("mean", "q10", "q25", "q50", "q75", "q90", "log_length", "log_small", "log_large", "contact")
 _QS = np.array([0.1, 0.25, 0.5, 0.75, 0.9])
@@ -108,8 +108,15 @@ def edge_scorer(weights):
     return EdgeScorer(weights)
 
 
-def _majority(seg, gt):
-    """Per region of ``seg``: its most frequent ground-truth cell (0 when it covers no cell pixel)."""
+def majority_cells(seg, gt):
+    """Per region of ``seg``: its most frequent ground-truth cell (0 when it covers no cell pixel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> majority_cells(np.array([[1, 1, 2, 3]]), np.array([[5, 5, 5, 0]])).tolist()
+    [0, 5, 5, 0]
+    """
     fg = gt > 0
     n = int(seg.max()) + 1
     codes, counts = np.unique(seg[fg].astype(np.int64) * (int(gt.max()) + 1) + gt[fg], return_counts=True)
@@ -129,7 +136,7 @@ def _samples(frag, membrane, gt):
         seg = frag if t is None else apply_merges(int(frag.max()), merges, t)[frag]
         u, v, sums, counts, hist = region_graph(seg, membrane, histograms=True)
         size = np.bincount(seg.ravel())
-        cell = _majority(seg, gt)
+        cell = majority_cells(seg, gt)
         keep = (cell[u] > 0) & (cell[v] > 0)
         feats.append(edge_features(sums, counts, hist, size[u], size[v])[keep])
         ys.append((cell[u] != cell[v])[keep].astype(np.float64))
